@@ -1,0 +1,111 @@
+"""Kafka housekeeping shared by the daemon, the CLI, the demo and the tests.
+
+Written against the Kafka protocol only. The embedded broker answers
+ListOffsets("latest") wrongly, so nothing here asks for the log end: reading
+"to the end" uses ``enable.partition.eof``, and progress is measured with the
+group's committed offsets.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamimg.config import KafkaConfig
+
+
+def ensure_topics(kafka: KafkaConfig, topics: Iterable[str], partitions: int = 1,
+                  timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    Raises
+    ------
+    KafkaException
+        If the cluster is unreachable within ``timeout_s`` or refuses a topic.
+    """
+    admin = AdminClient(kafka.common())
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = sorted(set(topics) - existing)
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in missing],
+        operation_timeout=timeout_s)
+    for fut in futures.values():
+        try:
+            fut.result(timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # a racing creator
+                raise
+    return missing
+
+
+def partitions_of(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """Partition ids of ``topic`` (empty if it does not exist)."""
+    meta = AdminClient(kafka.common()).list_topics(topic, timeout=timeout_s)
+    t = meta.topics.get(topic)
+    return sorted(t.partitions) if t is not None and t.error is None else []
+
+
+def committed_offsets(kafka: KafkaConfig, group: str, topics: Iterable[str],
+                      timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+    """The group's committed next offsets, ``{(topic, partition): offset}``; -1 if none."""
+    consumer = Consumer({**kafka.common(), "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in partitions_of(kafka, t, timeout_s)]
+        if not tps:
+            return {}
+        return {(tp.topic, tp.partition): tp.offset
+                for tp in consumer.committed(tps, timeout=timeout_s)}
+    finally:
+        consumer.close()
+
+
+def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,
+               read_committed: bool = True) -> list[Message]:
+    """Read every record of ``topic`` from the beginning to its current end.
+
+    Uses no consumer group (``assign``), so it moves no offsets. Records come
+    in offset order per partition, partitions one after another.
+
+    Raises
+    ------
+    TimeoutError
+        If the end of every partition is not reached within ``timeout_s``.
+    KafkaException
+        On a consumer error other than reaching a partition's end.
+    """
+    parts = partitions_of(kafka, topic)
+    if not parts:
+        return []
+    consumer = Consumer({
+        **kafka.common(), "group.id": f"streamimg-reader-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "enable.partition.eof": True,
+        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        "fetch.wait.max.ms": kafka.fetch_wait_max_ms, "fetch.max.bytes": kafka.max_message_bytes,
+        "max.partition.fetch.bytes": kafka.max_message_bytes, "fetch.queue.backoff.ms": 10,
+    })
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])  # 0: earliest on Kafka too
+    out: dict[int, list[Message]] = {p: [] for p in parts}
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(at_end) < len(parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: partitions {sorted(set(parts) - at_end)} "
+                                   f"did not reach their end in {timeout_s} s")
+            for m in consumer.consume(1000, 0.2):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(m.partition())
+                        continue
+                    raise KafkaException(m.error())
+                out[m.partition()].append(m)
+                at_end.discard(m.partition())
+    finally:
+        consumer.close()
+    return [m for p in parts for m in out[p]]

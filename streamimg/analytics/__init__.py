@@ -1,0 +1,1 @@
+# Per-frame analytics: palette, detection, classification, transforms, annotation.

@@ -1,0 +1,1 @@
+# Message codecs: frame messages (frame.py) and pixel messages (pixel.py).

@@ -1,0 +1,1 @@
+# Sinks: per-frame output records (records.py) and their transaction (checkpoint.py).

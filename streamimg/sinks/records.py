@@ -1,0 +1,113 @@
+"""Output records: built per frame on the Dask workers, stamped with lineage on the daemon.
+
+A record is ``(key, value, headers)``; the topic is the sink's. Every record
+the daemon produces carries lineage headers naming its input:
+``streamimg.source.topic``, ``streamimg.source.partition``,
+``streamimg.source.offset`` and ``streamimg.run`` (a new id each daemon start).
+Dead letters keep the input's key, value and headers whole and add
+``streamimg.dlq.stage`` and ``streamimg.dlq.reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from streamimg.batching import DeadLetter, FrameInfo
+from streamimg.codecs.frame import encode_frame
+
+ANALYTICS_SCHEMA = 1
+Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+def lineage_headers(topic: str, partition: int, offset: int, run: str) -> list[tuple[str, bytes]]:
+    """Headers that tie an output to its input record and the daemon run that made it."""
+    return [("streamimg.source.topic", topic.encode()),
+            ("streamimg.source.partition", str(partition).encode()),
+            ("streamimg.source.offset", str(offset).encode()),
+            ("streamimg.run", run.encode())]
+
+
+def read_lineage(headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
+    """Parse lineage headers back: ``{"topic", "partition", "offset", "run"}``.
+
+    Raises
+    ------
+    KeyError
+        If a lineage header is missing.
+    """
+    h = {k: v for k, v in headers or ()}
+    return {"topic": h["streamimg.source.topic"].decode(),
+            "partition": int(h["streamimg.source.partition"]),
+            "offset": int(h["streamimg.source.offset"]),
+            "run": h["streamimg.run"].decode()}
+
+
+def dead_letter_record(d: DeadLetter, run: str) -> Record:
+    """The dead-letter record for ``d``: the input whole, plus reason and lineage headers."""
+    extra = [("streamimg.dlq.stage", d.stage.encode()),
+             ("streamimg.dlq.reason", d.reason.encode("utf-8", "replace")[:4096])]
+    return d.key, d.value, list(d.headers) + extra + lineage_headers(
+        d.topic, d.partition, d.offset, run)
+
+
+def frame_records(block: np.ndarray, info: FrameInfo, encoding: str,
+                  jpeg_quality: int) -> list[Record]:
+    """Encode a processed frame as a version-1 frame message (runs on a worker).
+
+    ``block`` is (1, h, w, c); the output keeps the input's stream id, frame
+    index, timestamp and channel order, so an output topic is itself a valid
+    input topic for another topology. Returns one record, with the encode time
+    in ms in the ``streamimg.encode_ms`` header.
+    """
+    start = time.perf_counter()
+    h = info.header
+    value, headers = encode_frame(block[0], stream=h.stream, index=h.frame,
+                                  timestamp_ms=h.timestamp_ms, encoding=encoding,
+                                  order=h.order, jpeg_quality=jpeg_quality)
+    ms = (time.perf_counter() - start) * 1e3
+    return [(info.key, value, headers + [("streamimg.encode_ms", f"{ms:.3f}".encode())])]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def analytics_record(info: FrameInfo, values: dict[str, Any]) -> list[Record]:
+    """One JSON analytics record for a frame (runs on a worker).
+
+    The value is UTF-8 JSON, schema ``1``::
+
+        {"schema": 1, "stream": str, "frame": int, "timestamp_ms": int,
+         "shape": [h, w, c], "source": {"topic", "partition", "offset"},
+         "<name>": <value of each analytics stage>, ...,
+         "timings_ms": {"<name>": ms, ...}}
+
+    A value's ``ms`` attribute, when present, goes to ``timings_ms``. The
+    daemon's run id travels in the ``streamimg.run`` header only, so the JSON of
+    a frame is the same in every run (exactly-once output is well defined).
+    """
+    h = info.header
+    body: dict[str, Any] = {"schema": ANALYTICS_SCHEMA, "stream": h.stream, "frame": h.frame,
+                            "timestamp_ms": h.timestamp_ms, "shape": list(h.shape),
+                            "source": info.lineage()}
+    timings = {}
+    for name, value in values.items():
+        body[name] = _jsonable(value)
+        if getattr(value, "ms", None) is not None:
+            timings[name] = round(float(value.ms), 3)
+    body["timings_ms"] = timings
+    value = json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
+    return [(info.key, value, [("content-type", b"application/json"),
+                               ("streamimg.schema", b"1")])]

@@ -1,0 +1,164 @@
+"""Frames from video files (PyAV, FFmpeg inside the wheel) and image folders, and a producer.
+
+This is the ingestion side: it reads frames on the machine that has the
+video and publishes them as frame messages (``streamimg.codecs.frame``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from confluent_kafka import Producer
+
+from streamimg.codecs.frame import encode_frame
+from streamimg.config import KafkaConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFrame:
+    """One decoded frame: ``image`` (h, w, 3) uint8 RGB; ``timestamp_ms`` since the epoch."""
+
+    index: int
+    timestamp_ms: int
+    image: np.ndarray
+
+
+def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = None,
+               loop: int = 1, start_ms: int | None = None) -> Iterator[SourceFrame]:
+    """Decode a video file frame by frame, as RGB uint8.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any container/codec FFmpeg (bundled with PyAV) decodes.
+    frame_step : int
+        Keep every ``frame_step``-th frame (1 keeps all), as the video-analysis
+        ancestor's frame step.
+    limit : int, optional
+        Stop after this many frames kept.
+    loop : int
+        Read the file this many times (frame indices keep counting).
+    start_ms : int, optional
+        Capture time of frame 0 in ms since the epoch (now when None); a
+        frame's timestamp adds its presentation time.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If ``frame_step``/``loop`` < 1, or the file has no video stream.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    if frame_step < 1 or loop < 1:
+        raise ValueError(f"frame_step={frame_step} and loop={loop} must be >= 1")
+    start_ms = int(time.time() * 1000) if start_ms is None else start_ms
+    kept = seen = 0
+    offset_ms = 0.0
+    for _ in range(loop):
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            duration_ms = 0.0
+            for frame in container.decode(stream):
+                pts_ms = float(frame.time or 0.0) * 1e3
+                duration_ms = max(duration_ms, pts_ms)
+                if seen % frame_step == 0:
+                    yield SourceFrame(kept, start_ms + int(offset_ms + pts_ms),
+                                      frame.to_ndarray(format="rgb24"))
+                    kept += 1
+                    if limit is not None and kept >= limit:
+                        return
+                seen += 1
+            rate = float(stream.average_rate or 25)
+            offset_ms += duration_ms + 1e3 / rate
+
+
+def read_images(folder: str | Path, *, frame_step: int = 1,
+                limit: int | None = None) -> Iterator[SourceFrame]:
+    """Read the images of a folder in name order, as RGB uint8 (alpha dropped, grey expanded).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` is not a directory.
+    ValueError
+        If an image cannot be decoded (names the file).
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    kept = 0
+    for i, p in enumerate(files[::frame_step]):
+        try:
+            with Image.open(p) as im:
+                image = np.asarray(im.convert("RGB"))
+        except OSError as exc:
+            raise ValueError(f"{p}: cannot decode image: {exc}") from exc
+        yield SourceFrame(i, int(p.stat().st_mtime * 1000), image)
+        kept += 1
+        if limit is not None and kept >= limit:
+            return
+
+
+def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame], *,
+                   stream: str, encoding: str = "raw", partition: int | None = None,
+                   on_frame: Callable[[SourceFrame], None] | None = None,
+                   timeout_s: float = 60.0) -> dict[int, int]:
+    """Publish frames as frame messages (key = ``stream``) with an idempotent producer.
+
+    Returns
+    -------
+    dict
+        ``{partition: last offset + 1}`` for what was written: the offsets a
+        consumer group must reach to have read everything.
+
+    Raises
+    ------
+    RuntimeError
+        If any delivery failed or did not finish within ``timeout_s``.
+    """
+    producer = Producer({**kafka.producer(), "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 5})
+    ends: dict[int, int] = {}
+    errors: list[str] = []
+
+    def delivered(err, msg):
+        if err is not None:
+            errors.append(f"frame {msg.headers()}: {err.str()}")
+        else:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    for f in frames:
+        value, headers = encode_frame(f.image, stream=stream, index=f.index,
+                                      timestamp_ms=f.timestamp_ms, encoding=encoding)
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                producer.produce(topic, value=value, key=stream.encode(), headers=headers,
+                                 on_delivery=delivered, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        if on_frame:
+            on_frame(f)
+    if producer.flush(timeout_s) > 0:
+        errors.append(f"{len(producer)} frames undelivered after {timeout_s} s")
+    if errors:
+        raise RuntimeError(f"producing to {topic} failed: {errors[:3]}")
+    return ends

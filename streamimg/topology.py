@@ -1,0 +1,159 @@
+"""Topologies: a name, input topics, batching, and a streamz pipeline from ``source``.
+
+A topology is a plain Python file that assigns a module-level ``topology``::
+
+    from streamimg import Topology
+
+    topology = Topology("video_analysis", inputs="frames", max_frames=8)
+    (topology.source
+        .gaussian_blur(sigma=2.0)
+        .palette(k=5)
+        .to_kafka_frames(encoding="jpeg")
+        .to_kafka_analytics())
+
+``streamimg run FILE`` loads it with :func:`load_topology`, which fails with a
+:class:`TopologyError` before any Kafka client starts.
+"""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+from streamz import Stream
+
+from streamimg.config import BatchConfig, ConfigError, check_topic
+from streamimg.sources.kafka import FrameSource
+
+
+class TopologyError(ValueError):
+    """A topology file or definition is unusable; the message says where and why."""
+
+
+class Topology:
+    """A named streaming job: inputs, batching, and the pipeline hanging off ``source``.
+
+    Parameters
+    ----------
+    name : str
+        Names the consumer group (by default), the ``transactional.id``
+        (``<name>-<instance>``) and the default output topics
+        ``<name>.frames``, ``<name>.analytics`` and ``<name>.dlq``. Must be a
+        legal Kafka topic name.
+    inputs : str or list of str
+        Topics carrying frame messages (see ``streamimg.codecs.frame``).
+    max_frames, max_wait_ms, max_in_flight : int
+        Batching, see :class:`~streamimg.config.BatchConfig`.
+    partitions : int
+        Partitions for topics the daemon has to create (inputs or outputs).
+
+    Raises
+    ------
+    TopologyError
+        On an illegal name, topic or batching value.
+    """
+
+    def __init__(self, name: str, inputs: str | list[str], *, max_frames: int = 8,
+                 max_wait_ms: int = 100, max_in_flight: int = 4, partitions: int = 1):
+        try:
+            self.name = check_topic(name, "topology name")
+            self.inputs = [check_topic(t, "input topic") for t in
+                           ([inputs] if isinstance(inputs, str) else list(inputs))]
+            self.batching = BatchConfig(max_frames, max_wait_ms, max_in_flight)
+        except ConfigError as exc:
+            raise TopologyError(str(exc)) from None
+        if not self.inputs:
+            raise TopologyError(f"topology {name!r} has no input topics")
+        if not 1 <= partitions <= 10_000:
+            raise TopologyError(f"partitions={partitions} must be in [1, 10000]")
+        self.partitions = partitions
+        self.output_topics: set[str] = set()
+        # streamz links downstream nodes by weak reference: without these strong
+        # references a pipeline ending in sinks of ours would be garbage-collected.
+        self._sinks: list[Stream] = []
+        self.source = FrameSource(self)
+
+    @property
+    def frames_topic(self) -> str:
+        """Default topic for processed frames: ``<name>.frames``."""
+        return f"{self.name}.frames"
+
+    @property
+    def analytics_topic(self) -> str:
+        """Default topic for analytics records: ``<name>.analytics``."""
+        return f"{self.name}.analytics"
+
+    @property
+    def dlq_topic(self) -> str:
+        """Dead-letter topic: ``<name>.dlq``."""
+        return f"{self.name}.dlq"
+
+    def add_sink(self, node: Stream, topic: str) -> Stream:
+        """Keep sink ``node`` alive and record that it writes ``topic``; return ``node``."""
+        self.add_output(topic)
+        self._sinks.append(node)
+        return node
+
+    def add_output(self, topic: str) -> str:
+        """Record that a sink writes ``topic`` (the daemon creates it if missing).
+
+        Raises
+        ------
+        TopologyError
+            If ``topic`` is illegal or is one of the inputs (a loop).
+        """
+        try:
+            check_topic(topic, "output topic")
+        except ConfigError as exc:
+            raise TopologyError(str(exc)) from None
+        if topic in self.inputs:
+            raise TopologyError(f"output topic {topic!r} is also an input of {self.name!r}")
+        self.output_topics.add(topic)
+        return topic
+
+    def nodes(self) -> list[Stream]:
+        """Every streamz node of the pipeline, source first."""
+        out, todo, seen = [], [self.source], set()
+        while todo:
+            node = todo.pop(0)
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            out.append(node)
+            todo.extend(node.downstreams)
+        return out
+
+    def destroy(self) -> None:
+        """Detach every node (streamz keeps sinks in a global set until then)."""
+        for node in reversed(self.nodes()):
+            node.destroy()
+        self._sinks.clear()
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Run a topology file and return its module-level ``topology``.
+
+    Raises
+    ------
+    TopologyError
+        If the file is missing, raises while loading (the message names the
+        exception), defines no ``topology`` of type :class:`Topology`, or its
+        pipeline has no Kafka sink.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TopologyError(f"{path}: no such topology file")
+    try:
+        namespace = runpy.run_path(str(path), run_name="__streamimg_topology__")
+    except TopologyError as exc:
+        raise TopologyError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise TopologyError(f"{path}: failed to load: {type(exc).__name__}: {exc}") from exc
+    topology = namespace.get("topology")
+    if not isinstance(topology, Topology):
+        raise TopologyError(f"{path}: must assign a streamimg.Topology to a module-level "
+                            f"`topology`, found {type(topology).__name__}")
+    if not topology.output_topics:
+        raise TopologyError(f"{path}: topology {topology.name!r} has no Kafka sink "
+                            "(to_kafka_frames, to_kafka_analytics or to_kafka)")
+    return topology

