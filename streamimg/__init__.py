@@ -8,10 +8,11 @@ registers the chainable methods on ``streamz.Stream``.
 """
 
 from streamimg import stream as _stream  # noqa: F401  (registers the Stream methods)
+from streamimg.assembly import PixelFrames
 from streamimg.batching import Batch, FrameInfo
 from streamimg.config import BatchConfig, ConfigError, KafkaConfig
 from streamimg.topology import Topology, TopologyError, load_topology
 
-__all__ = ["Batch", "BatchConfig", "ConfigError", "FrameInfo", "KafkaConfig", "Topology",
-           "TopologyError", "load_topology"]
+__all__ = ["Batch", "BatchConfig", "ConfigError", "FrameInfo", "KafkaConfig", "PixelFrames",
+           "Topology", "TopologyError", "load_topology"]
 __version__ = "0.1.0"

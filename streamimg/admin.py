@@ -109,3 +109,36 @@ def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,
     finally:
         consumer.close()
     return [m for p in parts for m in out[p]]
+
+
+def read_record(kafka: KafkaConfig, topic: str, partition: int, offset: int,
+                timeout_s: float = 30.0) -> bytes | None:
+    """The value of the record at ``offset`` of ``topic``/``partition`` (read_committed).
+
+    Raises
+    ------
+    TimeoutError
+        If the record does not arrive within ``timeout_s``.
+    KafkaException
+        On a consumer error.
+    """
+    consumer = Consumer({
+        **kafka.common(), "group.id": f"streamimg-reader-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "isolation.level": "read_committed",
+        "fetch.wait.max.ms": kafka.fetch_wait_max_ms, "fetch.queue.backoff.ms": 10,
+        "max.partition.fetch.bytes": kafka.max_message_bytes,
+    })
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            m = consumer.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                raise KafkaException(m.error())
+            if m.offset() == offset:
+                return m.value()
+        raise TimeoutError(f"no record at {topic}[{partition}]@{offset} after {timeout_s} s")
+    finally:
+        consumer.close()

@@ -46,6 +46,7 @@ class FrameInfo:
     offset: int
     key: bytes | None
     header: FrameHeader
+    mask: np.ndarray | None = None  # (h, w) bool, True where an assembled frame lacks a pixel
 
     def lineage(self) -> dict[str, Any]:
         """The source coordinates as a JSON-ready dict."""
@@ -151,7 +152,7 @@ def _on_frame(fn: Callable[..., Any], block: np.ndarray, kwargs: dict[str, Any])
 
 
 def decode_block(payload: bytes, header: FrameHeader) -> np.ndarray:
-    """Decode one payload into a (1, h, w, c) block (runs on a Dask worker).
+    """Decode one frame message payload into a (1, h, w, c) block (runs on a Dask worker).
 
     Raises
     ------
@@ -161,54 +162,125 @@ def decode_block(payload: bytes, header: FrameHeader) -> np.ndarray:
     return decode_payload(header, payload)[None]
 
 
-def build_batch(seq: int, messages: Sequence[Any], scatter: Callable[[list], list]) -> Batch:
-    """Turn consumed Kafka messages into a :class:`Batch`.
+def array_block(frame: np.ndarray, header: FrameHeader) -> np.ndarray:
+    """An assembled frame (h, w, c) as a (1, h, w, c) block (runs on a Dask worker)."""
+    return frame.reshape((1, *header.shape))
+
+
+@dataclass
+class Taken:
+    """What a batcher hands the daemon for one batch.
+
+    ``payloads[i]`` is what ``decode(payloads[i], frames[i].header)`` turns into
+    frame i's (1, h, w, c) block on a worker. ``offsets`` are the next offsets
+    that are safe to commit with this batch, ``{(topic, partition): offset}``.
+    ``states`` maps an input partition to the batcher state committed with the
+    batch (pixel assembly), or is empty. ``original(i)`` gives frame i's input
+    as ``(key, value, headers)``, dead-lettered whole if the frame fails (built
+    only then).
+    """
+
+    frames: list[FrameInfo]
+    payloads: list[Any]
+    dead: list[DeadLetter]
+    offsets: dict[tuple[str, int], int]
+    decode: Callable[[Any, FrameHeader], np.ndarray] = decode_block
+    states: dict[int, bytes] = field(default_factory=dict)
+    original: Callable[[int], tuple[bytes | None, bytes | None, list]] = lambda i: (None, None, [])
+
+
+class MessageBatcher:
+    """Batches frame messages: a batch closes at ``max_frames`` or ``max_wait_ms``.
 
     Headers are validated here, on the daemon (microseconds each); a message
-    whose headers fail goes to ``Batch.dead`` and the rest go on. Payloads are
-    sent to the workers with ``scatter`` (``Client.scatter`` with
-    ``hash=False``) in one call and decoded there, so the daemon never holds a
-    decoded frame.
+    whose headers (or raw payload size) are wrong becomes a dead letter and the
+    rest go on. Payloads are decoded later, on the workers.
+    """
+
+    def __init__(self, max_frames: int, max_wait_ms: int):
+        self.max_frames = max_frames
+        self.max_wait_s = max_wait_ms / 1e3
+        self._pending: list[Any] = []
+        self._since = 0.0
+
+    def add(self, message: Any) -> None:
+        """Queue a consumed ``confluent_kafka.Message`` (without error)."""
+        if not self._pending:
+            self._since = time.monotonic()
+        self._pending.append(message)
+
+    def room(self) -> int:
+        """How many more messages the open batch takes."""
+        return self.max_frames - len(self._pending)
+
+    def wait_s(self) -> float:
+        """Seconds until the open batch is due (0 if due, 0.1 when empty)."""
+        if not self._pending:
+            return 0.1
+        return max(0.0, self.max_wait_s - (time.monotonic() - self._since))
+
+    def take(self) -> Taken | None:
+        """Close the open batch if it is full or due; None otherwise."""
+        if not self._pending or (self.room() > 0 and self.wait_s() > 0):
+            return None
+        messages, self._pending = self._pending, []
+        taken = Taken([], [], [], {})
+        kept: list[Any] = []
+        taken.original = lambda i: (kept[i].key(), kept[i].value(), list(kept[i].headers() or ()))
+        for m in messages:
+            tp = (m.topic(), m.partition())
+            taken.offsets[tp] = max(taken.offsets.get(tp, -1), m.offset() + 1)
+            headers = list(m.headers() or ())
+            try:
+                header = parse_header(headers)
+                if m.value() is None:
+                    raise FrameDecodeError("payload", "null value")
+                if header.encoding == "raw" and len(m.value()) != header.nbytes:
+                    decode_payload(header, m.value())  # raises the precise size error here
+            except FrameDecodeError as exc:
+                taken.dead.append(DeadLetter(m.topic(), m.partition(), m.offset(), m.key(),
+                                             m.value(), headers, "decode", str(exc)))
+                continue
+            taken.frames.append(FrameInfo(m.topic(), m.partition(), m.offset(), m.key(), header))
+            taken.payloads.append(m.value())
+            kept.append(m)
+        return taken
+
+    def drop(self, partitions: set[tuple[str, int]] | None = None) -> None:
+        """Forget queued messages (of ``partitions``, or all): they were not committed."""
+        self._pending = [] if partitions is None else [
+            m for m in self._pending if (m.topic(), m.partition()) not in partitions]
+
+
+def build_batch(seq: int, taken: Taken, scatter: Callable[[list], list]) -> Batch:
+    """Turn what a batcher took into a :class:`Batch` of Dask arrays.
+
+    Payloads go to the workers with ``scatter`` (``Client.scatter`` with
+    ``hash=False``) in one call and are decoded there, so the daemon never
+    holds a decoded frame. Frames of one shape and dtype form one group.
 
     Parameters
     ----------
     seq : int
         Batch sequence number, unique within a daemon run.
-    messages : sequence of confluent_kafka.Message
-        In the order consumed; messages with ``error()`` must be removed first.
+    taken : Taken
+        Frames, payloads and dead letters from a batcher.
     scatter : callable
-        Sends a list of bytes to the workers and returns futures.
+        Sends a list of payloads to the workers and returns futures.
     """
-    frames: list[FrameInfo] = []
-    payloads: list[bytes] = []
-    dead: list[DeadLetter] = []
-    for m in messages:
-        headers = list(m.headers() or ())
-        try:
-            header = parse_header(headers)
-            if m.value() is None:
-                raise FrameDecodeError("payload", "null value")
-            if header.encoding == "raw" and len(m.value()) != header.nbytes:
-                decode_payload(header, m.value())  # raises the precise size error here
-        except FrameDecodeError as exc:
-            dead.append(DeadLetter(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                   headers, "decode", str(exc)))
-            continue
-        frames.append(FrameInfo(m.topic(), m.partition(), m.offset(), m.key(), header))
-        payloads.append(m.value())
-    futures = scatter(payloads) if payloads else []
+    frames = taken.frames
+    futures = scatter(taken.payloads) if taken.payloads else []
     by_kind: dict[tuple, list[int]] = {}
     for i, f in enumerate(frames):
         by_kind.setdefault((f.header.shape, f.header.dtype), []).append(i)
+    decode = dask.delayed(taken.decode, pure=True)
     groups = []
     for (shape, dtype), index in by_kind.items():
         parts = [
-            da.from_delayed(
-                dask.delayed(decode_block, pure=True)(
-                    futures[i], frames[i].header,
-                    dask_key_name=f"decode-{dask.base.tokenize(futures[i].key)}"),
-                shape=(1, *shape), dtype=dtype)
+            da.from_delayed(decode(futures[i], frames[i].header,
+                                   dask_key_name=f"decode-{dask.base.tokenize(futures[i].key)}"),
+                            shape=(1, *shape), dtype=dtype)
             for i in index
         ]
         groups.append(FrameGroup(tuple(index), da.concatenate(parts, axis=0)))
-    return Batch(seq=seq, frames=tuple(frames), groups=tuple(groups), dead=tuple(dead))
+    return Batch(seq=seq, frames=tuple(frames), groups=tuple(groups), dead=tuple(taken.dead))

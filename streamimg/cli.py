@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+
 EXIT_CONFIG = 2
 
 
@@ -73,6 +75,38 @@ def cmd_produce(args) -> int:
                               encoding=args.encoding,
                               on_frame=lambda f: progress.advance(task))
     print(json.dumps({"topic": args.topic, "end_offsets": ends, "frames": sum(ends.values())}))
+    return 0
+
+
+def cmd_produce_pixels(args) -> int:
+    """Publish an image as pixel messages ``name;frame;x;y;v`` (grey, 0-255), key = name."""
+    from confluent_kafka import Producer
+    from PIL import Image
+
+    from streamimg.admin import ensure_topics
+    from streamimg.codecs.pixel import frame_to_pixels
+
+    with Image.open(args.image) as im:
+        grey = np.asarray(im.convert("L"), dtype=np.float64)
+    kafka = _kafka(args)
+    ensure_topics(kafka, [args.topic], args.partitions)
+    producer = Producer({**kafka.producer(), "enable.idempotence": True, "linger.ms": 20})
+    name = args.name or Path(args.image).stem
+    sent = 0
+    for index in range(args.frames):
+        for value in frame_to_pixels(name, index, grey, binary=args.binary):
+            while True:
+                try:
+                    producer.produce(args.topic, value=value, key=name.encode())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            sent += 1
+    if producer.flush(60) > 0:
+        print(f"streamimg produce-pixels: {len(producer)} records undelivered", file=sys.stderr)
+        return 1
+    print(json.dumps({"topic": args.topic, "name": name, "height": grey.shape[0],
+                      "width": grey.shape[1], "frames": args.frames, "records": sent}))
     return 0
 
 
@@ -178,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--encoding", choices=["raw", "png", "jpeg"], default="raw")
     pr.add_argument("--partitions", type=int, default=1, help="when creating the topic")
     pr.set_defaults(fn=cmd_produce)
+
+    px = sub.add_parser("produce-pixels", help="publish an image as pixel messages")
+    px.add_argument("image", help="any image Pillow reads; sent as grey 0-255")
+    px.add_argument("--topic", required=True)
+    bootstrap(px)
+    px.add_argument("--name", help="image name in the records (the file stem by default)")
+    px.add_argument("--frames", type=int, default=1, help="send the image as this many frames")
+    px.add_argument("--binary", action="store_true", help="binary pixel layout, not text")
+    px.add_argument("--partitions", type=int, default=1, help="when creating the topic")
+    px.set_defaults(fn=cmd_produce_pixels)
 
     r = sub.add_parser("run", help="run a topology as a long-lived daemon")
     r.add_argument("topology", help="topology file, e.g. topologies/video_analysis.py")

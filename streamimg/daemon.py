@@ -3,11 +3,12 @@
 One thread drives everything, so there are no locks and the order of events
 is easy to follow:
 
-1. poll the consumer (``read_committed``, auto-commit off) and close a batch at
-   ``max_frames`` frames or ``max_wait_ms`` after its first frame;
-2. build the :class:`~streamimg.batching.Batch` (headers checked here, payloads
-   scattered to the workers) and emit it into the topology, which only builds
-   Dask graphs; hand the per-frame outputs to Dask (``client.compute``);
+1. poll the consumer (``read_committed``, auto-commit off) and feed the
+   topology's batcher, which closes a batch at ``max_frames`` frames or
+   ``max_wait_ms`` (frame messages), or when frames are assembled (pixels);
+2. build the :class:`~streamimg.batching.Batch` (payloads scattered to the
+   workers) and emit it into the topology, which only builds Dask graphs;
+   hand the per-frame outputs to Dask (``client.compute``);
 3. when the oldest batch in flight is done, commit it through the
    :class:`~streamimg.sinks.checkpoint.Checkpoint`: outputs, dead letters and
    the batch's next offsets in one transaction. At most ``max_in_flight``
@@ -37,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from distributed import Client, Future
 
-from streamimg.admin import ensure_topics
-from streamimg.batching import Batch, DeadLetter, build_batch
+from streamimg.admin import ensure_topics, partitions_of, read_record
+from streamimg.batching import Batch, DeadLetter, FrameInfo, Taken, build_batch
 from streamimg.codecs.frame import FrameDecodeError
 from streamimg.config import KafkaConfig
 from streamimg.sinks.checkpoint import Checkpoint, FatalKafkaError, TransactionAborted
@@ -62,10 +63,9 @@ class InFlight:
     """A batch computing on Dask: one future per frame, each yielding records per sink."""
 
     batch: Batch
-    messages: list[Message]
+    taken: Taken
     futures: list[Future]
     sinks: list[str]
-    offsets: dict[tuple[str, int], int]
 
 
 @dataclass
@@ -127,8 +127,7 @@ class Daemon:
         self.stats = Stats(run=self.run_id)
         self._stop = threading.Event()
         self._inflight: deque[InFlight] = deque()
-        self._pending: list[Message] = []
-        self._pending_since = 0.0
+        self._batcher = topology.make_batcher()
         self._seq = 0
         self._consumer: Consumer | None = None
         self._checkpoint: Checkpoint | None = None
@@ -150,6 +149,8 @@ class Daemon:
         """
         t = self.topology
         ensure_topics(self.kafka, [*t.inputs, *t.output_topics, t.dlq_topic], t.partitions)
+        if t.state_topic:  # one state partition per input partition
+            ensure_topics(self.kafka, [t.state_topic], len(partitions_of(self.kafka, t.inputs[0])))
         self._checkpoint = Checkpoint(self.kafka.producer(self.transactional_id))
         self._checkpoint.start()  # fences an older instance before we read anything
         self._consumer = Consumer(self.kafka.consumer(
@@ -179,33 +180,26 @@ class Daemon:
         return code
 
     def _loop(self) -> None:
-        bc = self.topology.batching
+        max_in_flight = self.topology.batching.max_in_flight
+        batcher = self._batcher
         while not self._stop.is_set():
             try:
                 self._commit_ready()
             except _Rewound:
                 continue
-            if len(self._inflight) >= bc.max_in_flight:
+            if len(self._inflight) >= max_in_flight:
                 self._wait_head(0.1)
                 continue
-            if self._pending:
-                wait = bc.max_wait_ms / 1e3 - (time.monotonic() - self._pending_since)
-                timeout = max(0.0, min(wait, 0.1))
-            else:
-                timeout = 0.01 if self._inflight else 0.1
-            want = bc.max_frames - len(self._pending)
-            for m in self._consumer.consume(num_messages=want, timeout=timeout):
+            timeout = min(batcher.wait_s(), 0.01 if self._inflight else 0.1)
+            for m in self._consumer.consume(num_messages=max(1, batcher.room()),
+                                            timeout=timeout):
                 if m.error():
                     self._on_consumer_error(m.error())
                     continue
-                if not self._pending:
-                    self._pending_since = time.monotonic()
-                self._pending.append(m)
-            if self._pending and (
-                    len(self._pending) >= bc.max_frames
-                    or time.monotonic() - self._pending_since >= bc.max_wait_ms / 1e3):
-                messages, self._pending = self._pending, []
-                self._submit(messages)
+                batcher.add(m)
+            taken = batcher.take()
+            if taken is not None:
+                self._submit(taken)
 
     def _on_consumer_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -214,17 +208,11 @@ class Daemon:
 
     # -- batches -----------------------------------------------------------------------
 
-    def _submit(self, messages: list[Message]) -> None:
+    def _submit(self, taken: Taken) -> None:
         start = time.perf_counter()
         self._seq += 1
-        offsets: dict[tuple[str, int], int] = {}
-        for m in messages:
-            tp = (m.topic(), m.partition())
-            offsets[tp] = max(offsets.get(tp, -1), m.offset() + 1)
-        batch = build_batch(self._seq, messages,
+        batch = build_batch(self._seq, taken,
                             scatter=lambda p: self.client.scatter(p, hash=False))
-        by_offset = {(m.topic(), m.partition(), m.offset()): m for m in messages}
-        frame_messages = [by_offset[(f.topic, f.partition, f.offset)] for f in batch.frames]
         futures: list[Future] = []
         sinks: list[str] = []
         try:
@@ -238,11 +226,12 @@ class Daemon:
             futures = self.client.compute(per_frame) if sinks else []
         except Exception as exc:  # the pipeline itself failed on this batch: dead-letter it
             log.exception("topology failed on batch %d", self._seq)
-            batch = dataclasses.replace(batch, frames=(), groups=(), dead=batch.dead + tuple(
-                _dead(m, "topology", exc) for m in frame_messages))
-            frame_messages, futures, sinks = [], [], []
-        self._inflight.append(InFlight(batch, frame_messages, futures, sinks, offsets))
-        self.stats.frames_in += len(messages)
+            dead = tuple(_dead(info, taken.original(i), "topology", exc)
+                         for i, info in enumerate(batch.frames))
+            batch = dataclasses.replace(batch, frames=(), groups=(), dead=batch.dead + dead)
+            futures, sinks = [], []
+        self._inflight.append(InFlight(batch, taken, futures, sinks))
+        self.stats.frames_in += len(taken.frames) + len(taken.dead)
         self.stats.build_ms += (time.perf_counter() - start) * 1e3
 
     def _wait_head(self, timeout_s: float) -> None:
@@ -262,11 +251,11 @@ class Daemon:
         dead = list(batch.dead)
         done = [f for f in item.futures if f.status == "finished"]
         results = iter(self.client.gather(done)) if done else iter(())
-        for info, msg, fut in zip(batch.frames, item.messages, item.futures, strict=True):
+        for i, (info, fut) in enumerate(zip(batch.frames, item.futures, strict=True)):
             if fut.status != "finished":
                 exc = fut.exception()
                 stage = "decode" if isinstance(exc, FrameDecodeError) else "process"
-                dead.append(_dead(msg, stage, exc))
+                dead.append(_dead(info, item.taken.original(i), stage, exc))
                 continue
             lineage = lineage_headers(info.topic, info.partition, info.offset, run)
             for topic, recs in zip(item.sinks, next(results), strict=True):
@@ -274,9 +263,11 @@ class Daemon:
             self.stats.frames_out += 1
         dlq = self.topology.dlq_topic
         records.extend((dlq, *dead_letter_record(d, run)) for d in dead)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(item.offsets.items())]
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(item.taken.offsets.items())]
+        states = [(self.topology.state_topic, p, v) for p, v in sorted(item.taken.states.items())]
         try:
-            self._checkpoint.commit(records, offsets, self._consumer.consumer_group_metadata())
+            self._checkpoint.commit(records, offsets, self._consumer.consumer_group_metadata(),
+                                    states)
         except TransactionAborted as exc:
             log.warning("batch %d aborted (%s); rewinding to committed offsets", batch.seq, exc)
             self.stats.batches_aborted += 1
@@ -306,22 +297,40 @@ class Daemon:
         for item in self._inflight:
             self.client.cancel(item.futures)
         self._inflight.clear()
-        self._pending.clear()
+        self._batcher.drop(None)
 
     def _rewind(self) -> None:
         self._discard_inflight()
         assigned = self._consumer.assignment()
         if not assigned:
             return
+        self._restore_state(assigned)
         for tp in self._consumer.committed(assigned, timeout=30):
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _restore_state(self, partitions: list[TopicPartition]) -> None:
+        """Give the batcher the state committed with each partition's offsets (pixels only).
+
+        The group's committed offset on ``<name>.assembler`` partition p is the
+        offset of the state record committed in the same transaction, so a
+        restart reads exactly that record and never an aborted one.
+        """
+        state_topic = self.topology.state_topic
+        if not state_topic:
+            return
+        wanted = [TopicPartition(state_topic, tp.partition) for tp in partitions]
+        for tp in self._consumer.committed(wanted, timeout=30):
+            value = (read_record(self.kafka, state_topic, tp.partition, tp.offset)
+                     if tp.offset >= 0 else None)
+            self._batcher.restore(tp.partition, value)
 
     # -- rebalance callbacks (run inside consume(), on this thread) -------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self._restore_state(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoking %s", [(p.topic, p.partition) for p in partitions])
@@ -329,8 +338,7 @@ class Daemon:
             self._drain()
         except _Rewound:
             pass
-        revoked = {(p.topic, p.partition) for p in partitions}
-        self._pending = [m for m in self._pending if (m.topic(), m.partition()) not in revoked]
+        self._batcher.drop({(p.topic, p.partition) for p in partitions})
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: discarding work in flight", [(p.topic, p.partition)
@@ -348,7 +356,8 @@ class _Rewound(Exception):
     """Internal: a batch was aborted and the consumer rewound; restart the loop step."""
 
 
-def _dead(msg: Message, stage: str, exc: BaseException | None) -> DeadLetter:
+def _dead(info: FrameInfo, original: tuple, stage: str, exc: BaseException | None) -> DeadLetter:
     reason = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-    return DeadLetter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                      list(msg.headers() or ()), stage, reason)
+    key, value, headers = original
+    return DeadLetter(info.topic, info.partition, info.offset, key, value, list(headers or ()),
+                      stage, reason)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from streamz import Stream
 
+from streamimg.assembly import PixelAssembler, PixelFrames
+from streamimg.batching import MessageBatcher
 from streamimg.config import BatchConfig, ConfigError, check_topic
 from streamimg.sources.kafka import FrameSource
 
@@ -46,6 +48,9 @@ class Topology:
         Batching, see :class:`~streamimg.config.BatchConfig`.
     partitions : int
         Partitions for topics the daemon has to create (inputs or outputs).
+    pixels : PixelFrames, optional
+        The inputs carry pixel messages (``name;frame;x;y;v``) to assemble into
+        frames of this size; exactly one input topic. Frame messages when None.
 
     Raises
     ------
@@ -54,7 +59,8 @@ class Topology:
     """
 
     def __init__(self, name: str, inputs: str | list[str], *, max_frames: int = 8,
-                 max_wait_ms: int = 100, max_in_flight: int = 4, partitions: int = 1):
+                 max_wait_ms: int = 100, max_in_flight: int = 4, partitions: int = 1,
+                 pixels: PixelFrames | None = None):
         try:
             self.name = check_topic(name, "topology name")
             self.inputs = [check_topic(t, "input topic") for t in
@@ -67,6 +73,11 @@ class Topology:
         if not 1 <= partitions <= 10_000:
             raise TopologyError(f"partitions={partitions} must be in [1, 10000]")
         self.partitions = partitions
+        if pixels is not None and not isinstance(pixels, PixelFrames):
+            raise TopologyError(f"pixels must be a streamimg.PixelFrames, got {pixels!r}")
+        if pixels is not None and len(self.inputs) != 1:
+            raise TopologyError(f"a pixel topology reads exactly one topic, got {self.inputs}")
+        self.pixels = pixels
         self.output_topics: set[str] = set()
         # streamz links downstream nodes by weak reference: without these strong
         # references a pipeline ending in sinks of ours would be garbage-collected.
@@ -87,6 +98,18 @@ class Topology:
     def dlq_topic(self) -> str:
         """Dead-letter topic: ``<name>.dlq``."""
         return f"{self.name}.dlq"
+
+    @property
+    def state_topic(self) -> str | None:
+        """``<name>.assembler`` for pixel topologies (committed assembly state), else None."""
+        return f"{self.name}.assembler" if self.pixels is not None else None
+
+    def make_batcher(self) -> MessageBatcher | PixelAssembler:
+        """A fresh batcher for this topology's input format (the daemon makes one per run)."""
+        b = self.batching
+        if self.pixels is not None:
+            return PixelAssembler(self.pixels, b.max_frames, b.max_wait_ms)
+        return MessageBatcher(b.max_frames, b.max_wait_ms)
 
     def add_sink(self, node: Stream, topic: str) -> Stream:
         """Keep sink ``node`` alive and record that it writes ``topic``; return ``node``."""

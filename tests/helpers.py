@@ -28,7 +28,7 @@ def write_topology(path: Path, name: str, inputs: str, body: str, **batching) ->
     """Write a topology file whose pipeline is ``topology.source`` + ``body``."""
     opts = ", ".join(f"{k}={v!r}" for k, v in batching.items())
     path.write_text(
-        "from streamimg import Topology\n"
+        "from streamimg import PixelFrames, Topology\n"
         f"topology = Topology({name!r}, inputs={inputs!r}{', ' if opts else ''}{opts})\n"
         f"(topology.source{body})\n")
     return path

@@ -176,13 +176,15 @@ def test_a_newer_instance_fences_the_older_one(kafka, client, bikes, tmp_path, u
     path = write_topology(tmp_path / "t.py", name, topic, ".to_kafka_analytics()",
                           max_frames=1, max_wait_ms=10)
     ends = _produce(kafka, topic, small[:2], "s", 0)
-    with running(streamimg.load_topology(path), kafka, client) as (_, old):
+    with running(streamimg.load_topology(path), kafka, client) as (older, old):
         wait_until(_all_committed(kafka, name, topic, ends), 60, "first commits")
         with running(streamimg.load_topology(path), kafka, client) as (joined, new):
             # Let the new member finish joining before the old one is fenced and leaves:
             # the embedded broker (unlike Apache Kafka) leaves a group stuck when its
             # leader leaves mid-rebalance (see the README's broker notes).
-            wait_until(lambda: joined.stats.rebalances >= 1, 30, "the new member to join")
+            # Under cooperative-sticky both members take part in two rounds; wait for both.
+            wait_until(lambda: joined.stats.rebalances >= 1 and older.stats.rebalances >= 2, 30,
+                       "the rebalance to settle")
             # The new instance's init_transactions fenced the old producer; the old
             # daemon learns it at its next transaction and must stop with exit code 3.
             _produce(kafka, topic, small[2:], "s", 0)

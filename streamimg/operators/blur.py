@@ -24,18 +24,48 @@ _BORDERS = {
 }
 
 
-def _blur_block(block: np.ndarray, sigma: float, radius: int, border: int,
-                out_dtype: np.dtype) -> np.ndarray:
-    out = np.empty(block.shape, dtype=out_dtype)
+def blur_frame(frame: np.ndarray, sigma: float, *, truncate: float = 4.0,
+               mode: str = "reflect", out: np.ndarray | None = None) -> np.ndarray:
+    """Blur one frame with a Gaussian over its two spatial axes (OpenCV, float32).
+
+    Parameters
+    ----------
+    frame : ndarray, shape (height, width) or (height, width, channels)
+        Any dtype OpenCV takes; computed in float32.
+    sigma, truncate, mode
+        As :func:`gaussian_blur`.
+    out : ndarray, optional
+        Where to write the result (same shape; its dtype is the output dtype);
+        a new array of ``frame.dtype`` when None. Integer results are rounded
+        half to even and clipped to the dtype's range.
+
+    Raises
+    ------
+    ValueError
+        For a non-positive ``sigma`` or an unknown ``mode``.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 pixels, got {sigma}")
+    if mode not in _BORDERS:
+        raise ValueError(f"mode {mode!r} not one of {sorted(_BORDERS)}")
+    radius = int(truncate * float(sigma) + 0.5)
     ksize = (2 * radius + 1, 2 * radius + 1)
+    src = frame.astype(np.float32, copy=False)
+    blurred = cv2.GaussianBlur(src, ksize, sigmaX=sigma, sigmaY=sigma, borderType=_BORDERS[mode])
+    blurred = blurred.reshape(frame.shape)  # OpenCV drops a trailing axis of 1
+    if out is None:
+        out = np.empty(frame.shape, dtype=frame.dtype)
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        np.clip(np.rint(blurred, out=blurred), info.min, info.max, out=blurred)
+    out[...] = blurred
+    return out
+
+
+def _blur_block(block: np.ndarray, sigma: float, truncate: float, mode: str) -> np.ndarray:
+    out = np.empty(block.shape, dtype=block.dtype)
     for i in range(block.shape[0]):
-        frame = block[i].astype(np.float32, copy=False)
-        blurred = cv2.GaussianBlur(frame, ksize, sigmaX=sigma, sigmaY=sigma, borderType=border)
-        blurred = blurred.reshape(frame.shape)  # OpenCV drops a trailing axis of 1
-        if np.issubdtype(out_dtype, np.integer):
-            info = np.iinfo(out_dtype)
-            np.clip(np.rint(blurred, out=blurred), info.min, info.max, out=blurred)
-        out[i] = blurred
+        blur_frame(block[i], sigma, truncate=truncate, mode=mode, out=out[i])
     return out
 
 
@@ -73,12 +103,13 @@ def gaussian_blur(frames: da.Array, sigma: float, *, truncate: float = 4.0,
     if mode not in _BORDERS:
         raise ValueError(f"mode {mode!r} not one of {sorted(_BORDERS)}")
     radius = int(truncate * float(sigma) + 0.5)
+    name = f"gaussian_blur-{da.core.tokenize(frames.name, sigma, truncate, mode)}"
+    kwargs = {"sigma": float(sigma), "truncate": truncate, "mode": mode}
+    if len(frames.chunks[1]) == 1 and len(frames.chunks[2]) == 1:
+        # Whole frames per chunk: OpenCV sees the true edges, no halo needed (one task
+        # per frame instead of map_overlap's getitem/concatenate/trim tasks).
+        return frames.map_blocks(_blur_block, dtype=frames.dtype, name=name, **kwargs)
     # boundary="none": OpenCV applies ``mode`` at the frame's outer edges; interior
-    # chunk edges get real neighbours. On one-chunk frames this costs no extra tasks
-    # (~82 tasks a frame with a dask-handled boundary, measured).
-    return frames.map_overlap(
-        _blur_block, depth={0: 0, 1: radius, 2: radius, 3: 0}, boundary="none",
-        dtype=frames.dtype, sigma=float(sigma), radius=radius, border=_BORDERS[mode],
-        out_dtype=frames.dtype,
-        name=f"gaussian_blur-{da.core.tokenize(frames.name, sigma, radius, mode)}",
-    )
+    # chunk edges get real neighbours (~82 tasks a frame with a dask-handled boundary).
+    return frames.map_overlap(_blur_block, depth={0: 0, 1: radius, 2: radius, 3: 0},
+                              boundary="none", dtype=frames.dtype, name=name, **kwargs)

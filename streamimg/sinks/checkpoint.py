@@ -73,8 +73,9 @@ class Checkpoint:
         self._call(self._producer.init_transactions, self.timeout_s, during="init_transactions")
 
     def commit(self, records: Iterable[tuple[str, bytes | None, bytes | None, list]],
-               offsets: list[TopicPartition], group_metadata: Any) -> None:
-        """Produce ``records`` and commit them atomically with ``offsets``.
+               offsets: list[TopicPartition], group_metadata: Any,
+               states: Iterable[tuple[str, int, bytes]] = ()) -> None:
+        """Produce ``records`` and commit them atomically with ``offsets`` (and states).
 
         Parameters
         ----------
@@ -85,6 +86,13 @@ class Checkpoint:
         group_metadata : ConsumerGroupMetadata
             From ``consumer.consumer_group_metadata()``; lets the broker fence
             a zombie of an older group generation (KIP-447).
+        states : iterable of (topic, partition, value)
+            Operator state to commit with the batch. Each state record is
+            produced first and, once the broker has acknowledged it, its own
+            offset is committed for the group on that state partition. After a
+            restart the committed offset names exactly the committed state
+            record. (Offset-commit metadata would be the usual carrier, but the
+            embedded broker drops it; this works on both.)
 
         Raises
         ------
@@ -96,6 +104,7 @@ class Checkpoint:
         start = time.perf_counter()
         self._call(self._producer.begin_transaction, during="begin_transaction")
         try:
+            offsets = list(offsets) + self._produce_states(list(states))
             for topic, key, value, headers in records:
                 self._produce(topic, key, value, headers)
             self._call(self._producer.send_offsets_to_transaction, offsets, group_metadata,
@@ -107,6 +116,25 @@ class Checkpoint:
             raise
         self.committed += 1
         self.commit_ms_total += (time.perf_counter() - start) * 1e3
+
+    def _produce_states(self, states: list[tuple[str, int, bytes]]) -> list[TopicPartition]:
+        if not states:
+            return []
+        acked: dict[tuple[str, int], int] = {}
+        failed: list[str] = []
+
+        def delivered(err, msg):
+            if err is not None:
+                failed.append(err.str())
+            else:
+                acked[(msg.topic(), msg.partition())] = msg.offset()
+
+        for topic, partition, value in states:
+            self._producer.produce(topic, value=value, partition=partition,
+                                   on_delivery=delivered)
+        if self._producer.flush(self.timeout_s) > 0 or failed or len(acked) != len(states):
+            raise TransactionAborted(f"state records not acknowledged: {failed or 'timeout'}")
+        return [TopicPartition(t, p, o) for (t, p), o in sorted(acked.items())]
 
     def close(self) -> None:
         """Flush and drop the producer; an open transaction is left to be fenced."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from streamimg.batching import DeadLetter, FrameInfo
 from streamimg.codecs.frame import encode_frame
+from streamimg.codecs.pixel import frame_to_pixels
 
 ANALYTICS_SCHEMA = 1
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
@@ -65,11 +67,53 @@ def frame_records(block: np.ndarray, info: FrameInfo, encoding: str,
     """
     start = time.perf_counter()
     h = info.header
-    value, headers = encode_frame(block[0], stream=h.stream, index=h.frame,
+    frame = block[0]
+    if encoding == "jpeg" and frame.dtype != np.uint8:  # e.g. float frames from convolutions
+        frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    order = h.order if frame.shape[-1] == h.channels else None  # annotated frames are RGB
+    value, headers = encode_frame(frame, stream=h.stream, index=h.frame,
                                   timestamp_ms=h.timestamp_ms, encoding=encoding,
-                                  order=h.order, jpeg_quality=jpeg_quality)
+                                  order=order, jpeg_quality=jpeg_quality)
     ms = (time.perf_counter() - start) * 1e3
-    return [(info.key, value, headers + [("streamimg.encode_ms", f"{ms:.3f}".encode())])]
+    extra = [("streamimg.encode_ms", f"{ms:.3f}".encode())]
+    if info.mask is not None:
+        extra.append(("streamimg.missing_pixels", str(int(info.mask.sum())).encode()))
+    return [(info.key, value, headers + extra)]
+
+
+def pixel_records(block: np.ndarray, info: FrameInfo, binary: bool = False) -> list[Record]:
+    """A processed frame as pixel messages ``name;frame;x;y;v`` (runs on a worker).
+
+    ``block`` is (1, h, w, 1); one record per pixel, key = the image name, in
+    row-major order. Pixels missing from an incomplete assembled frame are not
+    written. Values are float64 (text: shortest round-trip repr).
+
+    Raises
+    ------
+    ValueError
+        If the frame has more than one channel.
+    """
+    frame = block[0]
+    if frame.shape[-1] != 1:
+        raise ValueError(f"pixel messages carry one channel, frame has shape {frame.shape}")
+    values = frame_to_pixels(info.header.stream, info.header.frame, frame[:, :, 0], binary=binary)
+    if info.mask is not None:
+        keep = ~info.mask.ravel()
+        values = [v for v, k in zip(values, keep, strict=True) if k]
+    key = info.header.stream.encode()
+    return [(key, v, []) for v in values]
+
+
+@dataclass(frozen=True)
+class Timed:
+    """An analytics result with the ms its stage took on the worker (``timings_ms``)."""
+
+    value: Any
+    ms: float
+
+    def to_dict(self) -> Any:
+        """The value in JSON-ready form."""
+        return _jsonable(self.value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -102,6 +146,8 @@ def analytics_record(info: FrameInfo, values: dict[str, Any]) -> list[Record]:
     body: dict[str, Any] = {"schema": ANALYTICS_SCHEMA, "stream": h.stream, "frame": h.frame,
                             "timestamp_ms": h.timestamp_ms, "shape": list(h.shape),
                             "source": info.lineage()}
+    if info.mask is not None:
+        body["missing_pixels"] = int(info.mask.sum())
     timings = {}
     for name, value in values.items():
         body[name] = _jsonable(value)
