@@ -5,8 +5,8 @@ Starts the embedded broker and a ``LocalCluster``, publishes every frame of
 ``frames``, runs ``topologies/video_analysis.py`` as a daemon process
 (``streamimg run``), waits until the consumer group has committed the end of
 the input, stops the daemon with SIGTERM, then reads the committed outputs and
-writes ``demo-output/``: one PNG per frame (the blurred frame with its palette
-as a swatch strip) and ``summary.json``. Exit 0 only if every input frame has
+writes ``demo-output/``: one PNG per frame (the topology's annotated frame: blurred,
+face boxes, palette strip) and ``summary.json``. Exit 0 only if every input frame has
 exactly one result in each output topic and the daemon exited cleanly.
 """
 
@@ -142,8 +142,7 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
     expected = {(p, o) for p, end in ends.items() for o in range(end)}
     exactly_once = all(set(c) == expected and all(n == 1 for n in c.values())
                        for c in per_offset.values())
-    written = _write_frames(output, outputs.get(topo.frames_topic, []),
-                            outputs.get(topo.analytics_topic, []))
+    written = _write_frames(output, outputs.get(topo.frames_topic, []))
     analytics = [json.loads(m.value()) for m in outputs.get(topo.analytics_topic, [])]
     summary = {
         "clip": clip.name, "topology": str(topology), "frames_in": frames_in,
@@ -156,10 +155,13 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
         "topics": {"input": INPUT_TOPIC, "outputs": sorted(topo.output_topics),
                    "dlq": topo.dlq_topic},
         "stage_ms_per_frame": {
-            "palette": _percentiles([a["timings_ms"].get("palette", 0) for a in analytics]),
+            **{stage: _percentiles([a["timings_ms"][stage] for a in analytics
+                                    if stage in a["timings_ms"]])
+               for stage in sorted({k for a in analytics for k in a["timings_ms"]})},
             "encode": _percentiles([float(dict(m.headers())["streamimg.encode_ms"])
                                     for m in outputs.get(topo.frames_topic, [])]),
         },
+        "faces_detected": sum(len(a.get("faces", [])) for a in analytics),
         "dask_task_prefixes": timings, "daemon": stats, "daemon_exit_code": exit_code,
         "annotated_frames": written,
     }
@@ -199,22 +201,15 @@ def _wait_committed(console, kafka, group, ends, daemon, frames_in):
             time.sleep(0.1)
 
 
-def _write_frames(output: Path, frames: list, analytics: list) -> int:
-    from streamimg.analytics.annotate import draw_palette, encode_image
+def _write_frames(output: Path, frames: list) -> int:
+    """Write each output frame message as ``<stream>_<frame>.png`` (RGB)."""
+    from streamimg.analytics.annotate import encode_image
 
-    palettes = {}
-    for m in analytics:
-        a = json.loads(m.value())
-        palettes[(a["stream"], a["frame"])] = a.get("palette")
-    written = 0
     for m in frames:
         header = parse_header(m.headers())
         frame = decode_payload(header, m.value())
-        pal = palettes.get((header.stream, header.frame))
-        if pal:
-            frame = draw_palette(frame, np.asarray(pal["colors"], np.uint8),
-                                 np.asarray(pal["fractions"], float))
+        if header.order == "BGR":
+            frame = frame[:, :, ::-1]
         (output / f"{header.stream}_{header.frame:06d}.png").write_bytes(
-            encode_image(frame, "png"))
-        written += 1
-    return written
+            encode_image(frame if frame.shape[2] != 1 else frame[:, :, 0], "png"))
+    return len(frames)

@@ -103,14 +103,10 @@ def correlate(stream: Stream, kernel: Any, boundary: str = "reflect", cval: floa
     return _filter_stream(stream, _correlate, "correlate", kernel, boundary, cval, output_dtype)
 
 
-def _timed(fn: Callable[..., Any], frame: np.ndarray, **kwargs: Any) -> Timed:
+def _detect_frame(frame: np.ndarray, detector: Any) -> Timed:
     start = time.perf_counter()
-    value = fn(frame, **kwargs)
-    return Timed(value, (time.perf_counter() - start) * 1e3)
-
-
-def _call_method(frame: np.ndarray, obj: Any, method: str) -> Any:
-    return getattr(obj, method)(frame)
+    detections = detector.detect(frame)
+    return Timed(detections, (time.perf_counter() - start) * 1e3)
 
 
 def _batch_call(frames: np.ndarray, obj: Any, method: str) -> Timed:
@@ -157,8 +153,7 @@ def detect(stream: Stream, detector: Any, name: str = "detections",
         batched = type(detector).__name__ != "FaceDetector"
     if batched:
         return stream.map(_values_by_group, name=name, obj=detector, method="detect_batch")
-    return stream.map(lambda b: b.with_values(name, _timed, fn=_call_method, obj=detector,
-                                              method="detect"))
+    return stream.map(lambda b: b.with_values(name, _detect_frame, detector=detector))
 
 
 @_register

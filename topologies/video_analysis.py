@@ -1,8 +1,10 @@
-"""The demo topology: blur every frame, extract its K-means palette, write both out.
+"""The demo topology: faces, blur, K-means palette, annotated frames, analytics.
 
 Run it with ``streamimg run topologies/video_analysis.py --bootstrap HOST:PORT``.
-Outputs: ``video_analysis.frames`` (blurred frames, JPEG), ``video_analysis.analytics``
-(one JSON record per frame), dead letters in ``video_analysis.dlq``.
+Input: frame messages on ``frames``. Outputs, exactly-once:
+``video_analysis.frames`` (the blurred frame with face boxes and its palette strip,
+JPEG), ``video_analysis.analytics`` (one JSON record per frame), and dead letters
+in ``video_analysis.dlq``.
 """
 
 from streamimg import Topology
@@ -11,7 +13,9 @@ topology = Topology("video_analysis", inputs="frames", max_frames=8, max_wait_ms
                     max_in_flight=4)
 
 (topology.source
+    .detect_faces(max_side=640)          # CenterFace on the sharp frame, <= 640 px side
     .gaussian_blur(sigma=2.0)
     .palette(k=5, sample=10_000, seed=0)
-    .to_kafka_frames(encoding="jpeg")
-    .to_kafka_analytics())
+    .to_kafka_analytics()                # palette, faces, timings per frame
+    .annotate(detections="faces", palette="palette")
+    .to_kafka_frames(encoding="jpeg"))
