@@ -6,7 +6,8 @@ Starts the embedded broker and a ``LocalCluster``, publishes every frame of
 (``streamimg run``), waits until the consumer group has committed the end of
 the input, stops the daemon with SIGTERM, then reads the committed outputs and
 writes ``demo-output/``: one PNG per frame (the topology's annotated frame: blurred,
-face boxes, palette strip) and ``summary.json``. Exit 0 only if every input frame has
+face boxes, palette strip), the committed analytics records as ``analytics.jsonl``,
+and ``summary.json``. Exit 0 only if every input frame has
 exactly one result in each output topic and the daemon exited cleanly.
 """
 
@@ -144,6 +145,8 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
                        for c in per_offset.values())
     written = _write_frames(output, outputs.get(topo.frames_topic, []))
     analytics = [json.loads(m.value()) for m in outputs.get(topo.analytics_topic, [])]
+    with open(output / "analytics.jsonl", "w") as f:
+        f.writelines(json.dumps(a) + "\n" for a in analytics)
     summary = {
         "clip": clip.name, "topology": str(topology), "frames_in": frames_in,
         "frames_out": min((len(ms) for ms in outputs.values()), default=0),
