@@ -121,16 +121,16 @@ def cmd_run(args) -> int:
     except (TopologyError, ConfigError, ValueError) as exc:
         print(f"streamimg run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from streamimg.cluster import local_cluster
     from streamimg.daemon import Daemon
 
     cluster = None
     if args.scheduler:
         client = Client(args.scheduler, timeout="30s")
     else:
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                               dashboard_address="127.0.0.1:0")
+        cluster = local_cluster(n_workers=args.workers)
         client = Client(cluster)
     print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
     daemon = Daemon(topology, kafka, client, group=args.group, instance=args.instance,

@@ -24,12 +24,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from distributed import Client, LocalCluster
+from distributed import Client
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.broker import EmbeddedBroker
+from streamimg.cluster import local_cluster
 from streamimg.codecs.frame import decode_payload, parse_header
 from streamimg.config import KafkaConfig
 from streamimg.sinks.records import read_lineage
@@ -68,7 +69,7 @@ def stage_timings(client: Client) -> dict[str, dict[str, float]]:
     """
     def collect(dask_scheduler):
         return {name: {"total_s": round(tp.all_durations.get("compute", 0.0), 4),
-                       "tasks": int(sum(tp.state_counts.values()))}
+                       "tasks": int(tp.state_counts.get("processing", 0))}
                 for name, tp in dask_scheduler.task_prefixes.items()}
     return client.run_on_scheduler(collect)
 
@@ -99,8 +100,7 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
     daemon_log = output / "daemon.log"
     stats_file = output / "daemon-stats.json"
     with EmbeddedBroker(log_path=output / "broker.log") as broker, \
-            LocalCluster(n_workers=workers, threads_per_worker=1,
-                         dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+            local_cluster(n_workers=workers) as cluster, Client(cluster) as client:
         kafka = KafkaConfig(bootstrap=broker.bootstrap)
         console.print(f"broker [bold]{broker.bootstrap}[/]  Dask dashboard "
                       f"[bold]{client.dashboard_link}[/]")

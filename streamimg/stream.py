@@ -5,6 +5,7 @@ This module is the only one that registers anything; the base modules
 ``import streamimg`` imports it. Each method maps a
 :class:`~streamimg.batching.Batch` to a new batch lazily (Dask graphs only).
 
+Names never shadow streamz's own methods (its ``to_kafka`` stays usable).
 Sinks (``to_kafka_*``) do not produce anything themselves: they add the
 records they want to the batch's outputs, and the daemon produces all of a
 batch's outputs in one transaction with its input offsets (exactly-once).
@@ -351,7 +352,7 @@ def to_kafka_pixels(stream: Stream, topic: str, binary: bool = False) -> Stream:
 
 
 @_register
-def to_kafka(stream: Stream, topic: str,
+def to_kafka_records(stream: Stream, topic: str,
              records: Callable[..., list[tuple[bytes | None, bytes | None, list]]],
              **kwargs: Any) -> Stream:
     """Sink: ``records(block (1, h, w, c), info: FrameInfo, **kwargs)`` per frame to ``topic``.

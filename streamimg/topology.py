@@ -177,6 +177,6 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"{path}: must assign a streamimg.Topology to a module-level "
                             f"`topology`, found {type(topology).__name__}")
     if not topology.output_topics:
-        raise TopologyError(f"{path}: topology {topology.name!r} has no Kafka sink "
-                            "(to_kafka_frames, to_kafka_analytics or to_kafka)")
+        raise TopologyError(f"{path}: topology {topology.name!r} has no Kafka sink (to_kafka_"
+                            "frames, to_kafka_analytics, to_kafka_pixels or to_kafka_records)")
     return topology

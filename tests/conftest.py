@@ -10,9 +10,10 @@ import uuid
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from streamimg.broker import EmbeddedBroker
+from streamimg.cluster import local_cluster
 from streamimg.config import KafkaConfig
 from streamimg.sources.video import read_video
 from tests.helpers import clip
@@ -32,8 +33,7 @@ def kafka(broker) -> KafkaConfig:
 
 @pytest.fixture(scope="session")
 def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
-                      host="127.0.0.1") as c:
+    with local_cluster(n_workers=2) as c:
         yield c
 
 

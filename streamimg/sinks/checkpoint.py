@@ -136,9 +136,17 @@ class Checkpoint:
             raise TransactionAborted(f"state records not acknowledged: {failed or 'timeout'}")
         return [TopicPartition(t, p, o) for (t, p), o in sorted(acked.items())]
 
-    def close(self) -> None:
-        """Flush and drop the producer; an open transaction is left to be fenced."""
-        self._producer.flush(self.timeout_s)
+    def close(self, abandon: bool = False) -> None:
+        """Flush the producer; an open transaction is left to be fenced or to time out.
+
+        ``abandon`` (after a fatal error): drop queued records instead of waiting
+        for deliveries that a fenced producer can never make.
+        """
+        if abandon:
+            self._producer.purge()
+            self._producer.flush(1.0)
+        else:
+            self._producer.flush(self.timeout_s)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list) -> None:
         while True:

@@ -1,0 +1,692 @@
+"""End-to-end frames/s of the demo topology on the 720p clip, against two baselines.
+
+Usage: python benchmarks/bench_pipeline.py [--frames N] [--quick] [--out PATH]
+
+The same per-frame work (Gaussian blur sigma 2, K-means palette k=5 on 10,000 sampled
+pixels, JPEG encode of the blurred frame, the analytics JSON) three ways, in one run:
+
+(a) ``plain``: a single-process loop over the decoded frames (no Kafka, no Dask).
+(b) ``streamz``: the usual streamz-on-Dask way, at-least-once: a consumer loop emits
+    each raw frame record into ``scatter -> map -> buffer(8) -> gather -> sink``; the sink
+    produces the JPEG and the JSON with a plain producer and stores the input offset
+    (auto-commit of stored offsets).
+(c) ``streamimg``: the demo pipeline run by ``streamimg.daemon.Daemon`` in a thread,
+    exactly-once (one transaction per batch of 8 frames). By default the topology is built
+    here, as ``topologies/video_analysis.py`` was written when this benchmark was (blur,
+    palette, JPEG frames, analytics; max_frames=8, max_wait_ms=100, max_in_flight=4), so
+    that (c) does exactly the work of (a) and (b); ``--topology FILE`` runs a topology file
+    instead (then (c) may do other work than (a) and (b), and the JSON says so).
+
+(b) and (c) share one embedded broker, one ``streamimg.cluster.local_cluster()`` (2
+workers x 1 thread, tuned malloc) and one input topic of raw 720p frames (each its own consumer
+group). Throughput of (b) and (c) is reported from their first input (partition
+assignment; the group join of ~session.timeout.ms/2 is excluded) and, for (c), also
+from daemon start and in steady state (first commit to last commit).
+
+Dask tasks per frame: the scheduler's ``TaskPrefix.state_counts["processing"]`` (how many
+times a task of that prefix started running on a worker) summed over prefixes, before and
+after each variant; the scattered payloads are counted from ``state_counts["memory"]``
+minus that. Per-stage worker time comes from the prefixes' ``compute`` durations.
+CPU time per process (main, broker, workers) comes from ``psutil``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import confluent_kafka
+import dask
+import distributed
+import numpy as np
+import psutil
+from confluent_kafka import Consumer, Producer, TopicPartition
+from distributed import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import streamz  # noqa: E402
+import streamz.dask  # noqa: E402, F401  (registers Stream.scatter)
+from streamz import Stream  # noqa: E402
+
+from streamimg.admin import committed_offsets, ensure_topics, read_topic  # noqa: E402
+from streamimg.analytics.palette import palette  # noqa: E402
+from streamimg.batching import FrameInfo  # noqa: E402
+from streamimg.broker import EmbeddedBroker  # noqa: E402
+from streamimg.cluster import local_cluster  # noqa: E402
+from streamimg.codecs.frame import (  # noqa: E402
+    FrameHeader,
+    decode_payload,
+    encode_frame,
+    parse_header,
+)
+from streamimg.config import KafkaConfig  # noqa: E402
+from streamimg.daemon import Daemon  # noqa: E402
+from streamimg.demo import clip_path  # noqa: E402
+from streamimg.operators.blur import blur_frame  # noqa: E402
+from streamimg.sinks.records import analytics_record, lineage_headers, read_lineage  # noqa: E402
+from streamimg.sources.video import SourceFrame, produce_frames, read_video  # noqa: E402
+from streamimg.topology import Topology, load_topology  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+INPUT = "frames"
+STREAM = "bigbuckbunny"
+SIGMA, K, SAMPLE, SEED, QUALITY = 2.0, 5, 10_000, 0, 90
+WAIT_LIMIT_S = 900.0
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the per-frame work, shared by (a) and (b) ------------------------------------------------
+
+
+def frame_info(topic, partition, offset, header):
+    return FrameInfo(topic, partition, offset, STREAM.encode(), header)
+
+
+def input_header(index, ts, shape):
+    h, w, c = shape
+    return FrameHeader(stream=STREAM, frame=index, timestamp_ms=ts, height=h, width=w,
+                       channels=c, dtype="uint8", encoding="raw", order="RGB")
+
+
+def work(frame, info, timings=None):
+    """The topology's per-frame work; returns (jpeg value, jpeg headers, analytics JSON)."""
+    t0 = time.perf_counter()
+    blurred = blur_frame(frame, SIGMA)
+    t1 = time.perf_counter()
+    pal = palette(blurred, k=K, sample=SAMPLE, seed=SEED)
+    t2 = time.perf_counter()
+    h = info.header
+    jpeg, headers = encode_frame(blurred, stream=h.stream, index=h.frame,
+                                 timestamp_ms=h.timestamp_ms, encoding="jpeg",
+                                 jpeg_quality=QUALITY)
+    t3 = time.perf_counter()
+    [(_, analytics, _)] = analytics_record(info, {"palette": pal})
+    t4 = time.perf_counter()
+    if timings is not None:
+        for name, a, b in (("blur", t0, t1), ("palette", t1, t2), ("encode", t2, t3),
+                           ("json", t3, t4)):
+            timings[name] = timings.get(name, 0.0) + (b - a)
+    return jpeg, headers, analytics
+
+
+def process_one(item):
+    """(b)'s map function, on a worker: decode the raw record and do the work."""
+    value, headers, topic, partition, offset = item
+    header = parse_header(headers)
+    frame = decode_payload(header, value)
+    jpeg, jpeg_headers, analytics = work(frame, frame_info(topic, partition, offset, header))
+    return topic, partition, offset, jpeg, jpeg_headers, analytics
+
+
+def _warm(frame):
+    """Import and run everything once on a worker (sklearn, OpenCV) so no variant pays it."""
+    import cv2
+
+    work(frame, frame_info("warm", 0, 0, input_header(0, 0, frame.shape)))
+    return {"pid": os.getpid(), "cv2_threads": cv2.getNumThreads()}
+
+
+# -- measurement helpers ---------------------------------------------------------------------
+
+
+def scheduler_counts(client):
+    def collect(dask_scheduler):
+        return {name: {"processing": int(tp.state_counts.get("processing", 0)),
+                       "memory": int(tp.state_counts.get("memory", 0)),
+                       "compute_s": float(tp.all_durations.get("compute", 0.0))}
+                for name, tp in dask_scheduler.task_prefixes.items()}
+    return client.run_on_scheduler(collect)
+
+
+def counts_delta(before, after, frames):
+    prefixes = {}
+    for name, a in after.items():
+        b = before.get(name, {"processing": 0, "memory": 0, "compute_s": 0.0})
+        d = {k: a[k] - b[k] for k in a}
+        if d["processing"] or d["memory"]:
+            prefixes[name] = {"tasks": d["processing"],
+                              "tasks_per_frame": round(d["processing"] / frames, 3),
+                              "scattered": d["memory"] - d["processing"],
+                              "compute_ms_per_frame": round(d["compute_s"] * 1e3 / frames, 3)}
+    tasks = sum(p["tasks"] for p in prefixes.values())
+    scattered = sum(p["scattered"] for p in prefixes.values())
+    return {"tasks_per_frame": round(tasks / frames, 3),
+            "scattered_per_frame": round(scattered / frames, 3),
+            "worker_compute_ms_per_frame": round(
+                sum(p["compute_ms_per_frame"] for p in prefixes.values()), 3),
+            "prefixes": prefixes}
+
+
+class CpuMeter:
+    """CPU seconds (user+system) of this process, the broker and the Dask workers."""
+
+    def __init__(self, broker_pid, worker_pids):
+        self.groups = {"main": [os.getpid()], "broker": [broker_pid], "workers": worker_pids}
+
+    def sample(self):
+        out = {}
+        for name, pids in self.groups.items():
+            user = system = faults = 0.0
+            for pid in pids:
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                    user, system = user + t.user, system + t.system
+                    faults += minor_faults(pid)
+                except (psutil.Error, OSError):
+                    pass
+            out[name] = (user, system, faults)
+        t = psutil.cpu_times()  # the whole machine: shows other people's load on shared hosts
+        out["machine"] = (t.user + t.nice + t.system, 0.0, 0.0)
+        return out
+
+    @staticmethod
+    def delta(before, after, wall_s, frames):
+        out = {}
+        for name in after:
+            if name == "machine":
+                continue
+            user, system, faults = (a - b for a, b in zip(after[name], before[name], strict=True))
+            out[name] = {"cpu_s": round(user + system, 3), "sys_s": round(system, 3),
+                         "cores_busy": round((user + system) / wall_s, 2),
+                         "cpu_ms_per_frame": round((user + system) * 1e3 / frames, 1),
+                         "minor_faults_per_frame": round(faults / frames)}
+        ours = sum(v["cpu_s"] for v in out.values())
+        other = after["machine"][0] - before["machine"][0] - ours
+        out["other_processes"] = {"cpu_s": round(other, 3), "cores_busy": round(other / wall_s, 2)}
+        return out
+
+
+def minor_faults(pid):
+    """Minor page faults of a process so far (field 10 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def thread_cpu_s(native_id):
+    for t in psutil.Process().threads():
+        if t.id == native_id:
+            return t.user_time + t.system_time
+    return float("nan")
+
+
+def output_check(kafka, topics, frames):
+    """Per output topic: records, distinct input offsets, duplicates, missing, bytes/record."""
+    out = {}
+    for topic in topics:
+        msgs = read_topic(kafka, topic, timeout_s=120)
+        per_offset = Counter(read_lineage(m.headers())["offset"] for m in msgs)
+        out[topic] = {
+            "records": len(msgs),
+            "distinct_inputs": len(per_offset),
+            "duplicates": sum(n - 1 for n in per_offset.values() if n > 1),
+            "missing": len(set(range(frames)) - set(per_offset)),
+            "value_bytes_per_record": round(sum(len(m.value()) for m in msgs) / max(1, len(msgs))),
+            "palettes": ({read_lineage(m.headers())["offset"]: json.loads(m.value())["palette"]
+                          for m in msgs} if topic.endswith("analytics") else None),
+        }
+    return out
+
+
+def pop_palettes(check):
+    return {t: c.pop("palettes") for t, c in check.items() if c.get("palettes") is not None}
+
+
+# -- (a) plain loop --------------------------------------------------------------------------
+
+
+def run_plain(frames):
+    timings = {}
+    work(frames[0], frame_info(INPUT, 0, 0, input_header(0, 0, frames[0].shape)))  # warm-up
+    palettes = {}
+    cpu0, machine0 = psutil.Process().cpu_times(), psutil.cpu_times()
+    faults0 = minor_faults(os.getpid())
+    t0 = time.perf_counter()
+    for i, f in enumerate(frames):
+        info = frame_info(INPUT, 0, i, input_header(i, ts_of(i), f.shape))
+        _, _, analytics = work(f, info, timings)
+        palettes[i] = json.loads(analytics)["palette"]
+    wall = time.perf_counter() - t0
+    cpu1, machine1 = psutil.Process().cpu_times(), psutil.cpu_times()
+    machine_s = sum(machine1[:3]) - sum(machine0[:3])  # user + nice + system, all processes
+    faults = minor_faults(os.getpid()) - faults0
+    n = len(frames)
+    stages = {k: round(v * 1e3 / n, 3) for k, v in timings.items()}
+    stages["total"] = round(wall * 1e3 / n, 3)
+    cpu_s = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+    return {"frames": n, "wall_s": round(wall, 3), "frames_per_s": round(n / wall, 2),
+            "ms_per_frame": stages,
+            "cpu": {"cores_busy": round(cpu_s / wall, 2),
+                    "cpu_ms_per_frame": round(cpu_s * 1e3 / n, 1),
+                    "sys_s": round(cpu1.system - cpu0.system, 3),
+                    "minor_faults_per_frame": round(faults / n),
+                    "other_processes_cores_busy": round((machine_s - cpu_s) / wall, 2)}}, palettes
+
+
+def run_plain_one_thread(frames):
+    """(a) again with OpenCV on one thread (as in one Dask worker thread on a free core)."""
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        r, _ = run_plain(frames)
+    finally:
+        cv2.setNumThreads(threads)
+    return {k: r[k] for k in ("frames", "frames_per_s", "ms_per_frame")}
+
+
+def ts_of(i):
+    return 1_700_000_000_000 + 40 * i
+
+
+# -- (b) the usual streamz way ---------------------------------------------------------------
+
+
+def run_streamz(kafka, client, n, cpu):
+    group = f"bench-streamz-{uuid.uuid4().hex[:6]}"
+    frames_topic, analytics_topic = "streamz.frames", "streamz.analytics"
+    ensure_topics(kafka, [frames_topic, analytics_topic])
+    consumer = Consumer({**kafka.consumer(group, f"{group}-0"), "enable.auto.commit": True,
+                         "enable.auto.offset.store": False, "auto.commit.interval.ms": 1000})
+    producer = Producer({**kafka.producer(), "acks": "all"})
+    state = {"done": 0, "first_out": None, "last_out": None, "assigned": None}
+    done = threading.Event()
+
+    def on_assign(c, parts):
+        state["assigned"] = state["assigned"] or time.perf_counter()
+
+    def sink(result):
+        topic, partition, offset, jpeg, jpeg_headers, analytics = result
+        lineage = lineage_headers(topic, partition, offset, "streamz")
+        producer.produce(frames_topic, value=jpeg, key=STREAM.encode(),
+                         headers=jpeg_headers + lineage)
+        producer.produce(analytics_topic, value=analytics, key=STREAM.encode(),
+                         headers=[("content-type", b"application/json")] + lineage)
+        producer.poll(0)
+        # At-least-once: the input offset is stored for auto-commit only once its outputs
+        # are handed to the producer.
+        consumer.store_offsets(offsets=[TopicPartition(topic, partition, offset + 1)])
+        now = time.perf_counter()
+        state["first_out"] = state["first_out"] or now
+        state["last_out"] = now
+        state["done"] += 1
+        if state["done"] >= n:
+            done.set()
+
+    source = Stream()
+    sink_node = source.scatter().map(process_one).buffer(8).gather().sink(sink)
+    before_counts, before_cpu = scheduler_counts(client), cpu.sample()
+    t_start = time.perf_counter()
+    consumer.subscribe([INPUT], on_assign=on_assign)
+    consumed, t_first = 0, None
+    try:
+        while consumed < n:
+            for m in consumer.consume(num_messages=8, timeout=0.1):
+                if m.error():
+                    log(f"streamz consumer: {m.error().str()}")
+                    continue
+                t_first = t_first or time.perf_counter()
+                source.emit((m.value(), m.headers(), m.topic(), m.partition(), m.offset()))
+                consumed += 1
+            if time.perf_counter() - t_start > WAIT_LIMIT_S:
+                raise TimeoutError("streamz: not all frames consumed")
+        if not done.wait(WAIT_LIMIT_S):
+            raise TimeoutError(f"streamz: {state['done']} of {n} outputs")
+        left = producer.flush(60)
+        t_end = time.perf_counter()
+        if left:
+            raise RuntimeError(f"streamz: {left} records undelivered")
+    finally:
+        consumer.close()  # commits the stored offsets
+        for node in reversed([source, *_downstream(source)]):
+            node.destroy()
+        del sink_node
+    after_counts, after_cpu = scheduler_counts(client), cpu.sample()
+    wall = t_end - state["assigned"]
+    check = output_check(kafka, [frames_topic, analytics_topic], n)
+    committed = committed_offsets(kafka, group, [INPUT])
+    result = {
+        "frames": n,
+        "from_start_s": round(t_end - t_start, 3),
+        "from_first_input_s": round(t_end - t_first, 3),
+        "frames_per_s": round(n / (t_end - t_first), 2),
+        "frames_per_s_from_start": round(n / (t_end - t_start), 2),
+        "steady_frames_per_s": round((n - 1) / (state["last_out"] - state["first_out"]), 2)
+        if n > 1 else None,
+        "first_output_s": round(state["first_out"] - t_first, 3),
+        "committed_offset": committed.get((INPUT, 0)),
+        "dask": counts_delta(before_counts, after_counts, n),
+        "cpu": CpuMeter.delta(before_cpu, after_cpu, wall, n),
+        "outputs": check,
+    }
+    return result, pop_palettes(check)
+
+
+def _downstream(node):
+    out, todo = [], list(node.downstreams)
+    while todo:
+        x = todo.pop(0)
+        if x not in out:
+            out.append(x)
+            todo.extend(x.downstreams)
+    return out
+
+
+# -- (c) streamimg ---------------------------------------------------------------------------
+
+
+class TimedDaemon(Daemon):
+    """The library's Daemon, with timestamps around its poll-thread steps (nothing else)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.t_assign = None
+        self.submits = []   # (start, seconds, frames)
+        self.commits = []   # (end, seconds, transaction seconds, frames)
+        self.wait_head_s = 0.0
+        self.native_id = None
+
+    def run(self):
+        self.native_id = threading.get_native_id()
+        return super().run()
+
+    def _on_assign(self, *args, **kwargs):
+        self.t_assign = self.t_assign or time.perf_counter()
+        super()._on_assign(*args, **kwargs)
+
+    # Frame counts come from the public Stats, not from the private arguments (whose
+    # types the daemon is free to change).
+    def _submit(self, *args, **kwargs):
+        t0, n0 = time.perf_counter(), self.stats.frames_in
+        super()._submit(*args, **kwargs)
+        self.submits.append((t0, time.perf_counter() - t0, self.stats.frames_in - n0))
+
+    def _commit(self, *args, **kwargs):
+        t0, txn0 = time.perf_counter(), self._checkpoint.commit_ms_total
+        n0 = self.stats.frames_out + self.stats.dead_letters
+        super()._commit(*args, **kwargs)
+        t1 = time.perf_counter()
+        self.commits.append((t1, t1 - t0, (self._checkpoint.commit_ms_total - txn0) / 1e3,
+                             self.stats.frames_out + self.stats.dead_letters - n0))
+
+    def _wait_head(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        super()._wait_head(*args, **kwargs)
+        self.wait_head_s += time.perf_counter() - t0
+
+    def committed_frames(self):
+        return sum(c[3] for c in self.commits)
+
+
+def bench_topology(path=None):
+    """The topology (c) runs: ``path`` if given, else the demo pipeline of (a) and (b)."""
+    if path is not None:
+        return load_topology(path)
+    topology = Topology("video_analysis", inputs=INPUT, max_frames=8, max_wait_ms=100,
+                        max_in_flight=4)
+    (topology.source
+        .gaussian_blur(sigma=SIGMA)
+        .palette(k=K, sample=SAMPLE, seed=SEED)
+        .to_kafka_frames(encoding="jpeg", jpeg_quality=QUALITY)
+        .to_kafka_analytics())
+    return topology
+
+
+def run_streamimg(kafka, client, n, cpu, topology_path=None):
+    topology = bench_topology(topology_path)
+    daemon = TimedDaemon(topology, kafka, client, drain_timeout_s=60)
+    outcome = {}
+    before_counts, before_cpu = scheduler_counts(client), cpu.sample()
+    t_start = time.perf_counter()
+    thread = threading.Thread(target=lambda: outcome.setdefault("code", daemon.run()),
+                              name="streamimg-daemon")
+    thread.start()
+    try:
+        while daemon.committed_frames() < n:
+            if not thread.is_alive():
+                raise RuntimeError(f"the daemon stopped early: {outcome}")
+            if time.perf_counter() - t_start > WAIT_LIMIT_S:
+                raise TimeoutError(f"streamimg: {daemon.committed_frames()} of {n} committed")
+            time.sleep(0.01)
+        t_end = daemon.commits[-1][0]
+        committed = committed_offsets(kafka, topology.name, [INPUT])
+        poll_cpu = thread_cpu_s(daemon.native_id)
+    finally:
+        daemon.stop()
+        thread.join(90)
+    if thread.is_alive():
+        raise RuntimeError("the daemon did not stop within 90 s")
+    after_counts, after_cpu = scheduler_counts(client), cpu.sample()
+    wall = t_end - daemon.t_assign
+    commits, submits = daemon.commits, daemon.submits
+    batches = len(commits)
+    first_end, first_frames = commits[0][0], commits[0][3]
+    build_s = sum(s[1] for s in submits)
+    commit_s = sum(c[1] for c in commits)
+    txn_s = sum(c[2] for c in commits)
+    stats = daemon.stats.to_dict()
+    check = output_check(kafka, sorted(topology.output_topics), n)
+    dlq = read_topic(kafka, topology.dlq_topic)
+    result = {
+        "frames": n, "batches": batches, "exit_code": outcome.get("code"),
+        "from_start_s": round(t_end - t_start, 3),
+        "from_first_input_s": round(wall, 3),
+        "frames_per_s": round(n / wall, 2),
+        "frames_per_s_from_start": round(n / (t_end - t_start), 2),
+        "steady_frames_per_s": round((n - first_frames) / (t_end - first_end), 2)
+        if batches > 1 else None,
+        "group_join_s": round(daemon.t_assign - t_start, 3),
+        "first_commit_s": round(first_end - daemon.t_assign, 3),
+        "committed_offset": committed.get((INPUT, 0)),
+        "poll_thread_ms_per_batch": {
+            "build_submit": round(build_s * 1e3 / batches, 2),
+            "commit_total": round(commit_s * 1e3 / batches, 2),
+            "commit_transaction": round(txn_s * 1e3 / batches, 2),
+            "commit_gather_and_records": round((commit_s - txn_s) * 1e3 / batches, 2),
+            "wait_for_head": round(daemon.wait_head_s * 1e3 / batches, 2),
+            "other_poll_consume": round(
+                (wall - build_s - commit_s - daemon.wait_head_s) * 1e3 / batches, 2),
+        },
+        "poll_thread_busy_fraction": round((build_s + commit_s) / wall, 3),
+        "poll_thread_cpu_s": round(poll_cpu, 3),
+        "daemon_stats": {**stats,
+                         "build_ms_per_batch": round(stats["build_ms"] / max(1, batches), 2),
+                         "commit_ms_per_batch": round(stats["commit_ms"] / max(1, batches), 2)},
+        "dask": counts_delta(before_counts, after_counts, n),
+        "cpu": CpuMeter.delta(before_cpu, after_cpu, wall, n),
+        "outputs": check,
+        "dead_letters": len(dlq),
+        "timeline": {  # seconds from partition assignment; durations in ms
+            "submits": [[round(t - daemon.t_assign, 3), round(d * 1e3, 1), k]
+                        for t, d, k in submits],
+            "commits": [[round(t - daemon.t_assign, 3), round(d * 1e3, 1), round(x * 1e3, 1),
+                         k] for t, d, x, k in commits]},
+    }
+    return result, pop_palettes(check)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def machine(cv2_threads):
+    import cv2
+    import sklearn
+
+    import streamimg
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+        "streamz": streamz.__version__,
+        "confluent_kafka": confluent_kafka.__version__,
+        "librdkafka": confluent_kafka.libversion()[0],
+        "opencv": cv2.__version__,
+        "scikit_learn": sklearn.__version__,
+        "streamimg": streamimg.__version__,
+        "opencv_threads": {"main": cv2.getNumThreads(), **cv2_threads},
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "loadavg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def markdown(r):
+    a, b, c = r["variants"]["plain"], r["variants"]["streamz"], r["variants"]["streamimg"]
+    n = r["frames"]
+    lines = [
+        f"{n} frames of {r['clip']} (1280x720 RGB), {r['machine']['cpu_count']} cores, "
+        "LocalCluster 2 workers x 1 thread, embedded broker (Tansu) on the same machine.",
+        "",
+        "| variant | frames/s | vs plain | Dask tasks/frame | notes |",
+        "|---|---:|---:|---:|---|",
+        f"| (a) plain loop, 1 process | {a['frames_per_s']:.1f} | 1.00 | - | "
+        f"{a['ms_per_frame']['total']:.1f} ms/frame |",
+        f"| (b) streamz scatter/map/buffer(8)/gather, at-least-once | {b['frames_per_s']:.1f} "
+        f"| {b['frames_per_s'] / a['frames_per_s']:.2f} | {b['dask']['tasks_per_frame']:.1f} | "
+        f"steady {b['steady_frames_per_s']} fps; duplicates "
+        f"{max(o['duplicates'] for o in b['outputs'].values())} |",
+        f"| (c) streamimg daemon, exactly-once | {c['frames_per_s']:.1f} "
+        f"| {c['frames_per_s'] / a['frames_per_s']:.2f} | {c['dask']['tasks_per_frame']:.1f} | "
+        f"steady {c['steady_frames_per_s']} fps; {c['frames_per_s_from_start']} fps incl. "
+        f"{c['group_join_s']:.1f} s group join |",
+        "",
+        f"Ratios: c/a = {r['ratios']['c_over_a']:.2f}, c/b = {r['ratios']['c_over_b']:.2f}, "
+        f"b/a = {r['ratios']['b_over_a']:.2f} (frames/s from first input).",
+        "",
+        "| (a) stage | ms/frame | (c) task prefix on the workers | task wall ms/frame "
+        "(2 workers share 2 cores with broker and daemon) | tasks/frame |",
+        "|---|---:|---|---:|---:|",
+    ]
+    stages = list(a["ms_per_frame"].items())
+    prefixes = sorted(c["dask"]["prefixes"].items(), key=lambda kv: -kv[1]["compute_ms_per_frame"])
+    for i in range(max(len(stages), len(prefixes))):
+        s = stages[i] if i < len(stages) else ("", None)
+        p = prefixes[i] if i < len(prefixes) else ("", None)
+        ms = "" if s[1] is None else f"{s[1]:.2f}"
+        pms = "" if p[1] is None else f"{p[1]['compute_ms_per_frame']:.2f}"
+        ptasks = "" if p[1] is None else p[1]["tasks_per_frame"]
+        lines.append(f"| {s[0]} | {ms} | {p[0]} | {pms} | {ptasks} |")
+    pt = c["poll_thread_ms_per_batch"]
+    lines += ["", "(c) poll thread, ms per batch of "
+              f"{n / c['batches']:.1f} frames: " + ", ".join(f"{k} {v}" for k, v in pt.items()),
+              f"(a) CPU: {a['cpu']['cores_busy']} cores busy, {a['cpu']['cpu_ms_per_frame']} "
+              f"ms/frame, {a['cpu']['minor_faults_per_frame']} minor faults/frame; with OpenCV "
+              f"on 1 thread {a['cv2_one_thread']['frames_per_s']} frames/s; other processes "
+              f"on the machine {a['cpu']['other_processes_cores_busy']} cores",
+              *(f"({x}) CPU, cores busy / ms per frame / minor faults per frame: " + ", ".join(
+                  f"{k} {v['cores_busy']} / {v.get('cpu_ms_per_frame', '-')} / "
+                  f"{v.get('minor_faults_per_frame', '-')}"
+                  for k, v in r["variants"][name]["cpu"].items())
+                for x, name in (("b", "streamz"), ("c", "streamimg")))]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames (clip looped as needed); 528 by default, 64 with --quick")
+    parser.add_argument("--quick", action="store_true", help="64 frames, about a minute")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output path")
+    parser.add_argument("--topology", type=Path, default=None,
+                        help="run this topology file in (c) instead of the built-in demo "
+                             "pipeline (its work may then differ from (a) and (b))")
+    args = parser.parse_args(argv)
+    n = args.frames or (64 if args.quick else 528)
+    if n < 2:
+        parser.error("--frames must be >= 2")
+    clip = clip_path()
+    log(f"decoding {clip.name}, {n} frames")
+    frames = [f.image for f in read_video(clip, limit=n, loop=math.ceil(n / 132))]
+    if len(frames) != n:
+        raise RuntimeError(f"decoded {len(frames)} frames, wanted {n}")
+
+    variants, palettes = {}, {}
+    log("(a) plain loop")
+    variants["plain"], palettes["plain"] = run_plain(frames)
+    variants["plain"]["cv2_one_thread"] = run_plain_one_thread(frames[:132])
+    log(f"(a) {variants['plain']['frames_per_s']} frames/s")
+
+    with ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker())
+        cluster = stack.enter_context(local_cluster(n_workers=2))
+        client = stack.enter_context(Client(cluster))
+        kafka = KafkaConfig(bootstrap=broker.bootstrap)
+        warm = client.run(_warm, frames[0])
+        cpu = CpuMeter(broker.process.pid, [w["pid"] for w in warm.values()])
+        cv2_threads = {f"worker{i}": w["cv2_threads"] for i, w in enumerate(warm.values())}
+        ensure_topics(kafka, [INPUT])
+        log(f"producing {n} raw frames to {INPUT!r}")
+        t0 = time.perf_counter()
+        ends = produce_frames(kafka, INPUT, (SourceFrame(i, ts_of(i), f)
+                                             for i, f in enumerate(frames)),
+                              stream=STREAM, encoding="raw")
+        produce_s = time.perf_counter() - t0
+        if ends != {0: n}:
+            raise RuntimeError(f"produced {ends}, wanted {{0: {n}}}")
+        del frames  # (b) and (c) read the frames from Kafka only
+
+        log("(b) streamz")
+        variants["streamz"], palettes["streamz"] = run_streamz(kafka, client, n, cpu)
+        log(f"(b) {variants['streamz']['frames_per_s']} frames/s")
+        log("(c) streamimg daemon")
+        variants["streamimg"], palettes["streamimg"] = run_streamimg(kafka, client, n, cpu,
+                                                                     args.topology)
+        log(f"(c) {variants['streamimg']['frames_per_s']} frames/s")
+        log("stopping")
+
+    a, b, c = (variants[k]["frames_per_s"] for k in ("plain", "streamz", "streamimg"))
+    ref = palettes["plain"]
+    same = {name: all(p == ref for p in per_topic.values())
+            for name, per_topic in palettes.items() if name != "plain"}
+    c_out = variants["streamimg"]["outputs"]
+    exactly_once = (all(o["records"] == n and o["distinct_inputs"] == n for o in c_out.values())
+                    and variants["streamimg"]["dead_letters"] == 0
+                    and variants["streamimg"]["committed_offset"] == n)
+    result = {
+        "mode": "quick" if args.quick else "full", "clip": clip.name, "frames": n,
+        "shape": [720, 1280, 3], "machine": machine(cv2_threads),
+        "topology": str(args.topology) if args.topology else
+        "built-in: gaussian_blur(2.0).palette(k=5, sample=10000, seed=0)"
+        ".to_kafka_frames(jpeg, q=90).to_kafka_analytics(); max_frames=8, max_wait_ms=100, "
+        "max_in_flight=4",
+        "produce_raw_s": round(produce_s, 3),
+        "variants": variants,
+        "ratios": {"c_over_a": round(c / a, 3), "c_over_b": round(c / b, 3),
+                   "b_over_a": round(b / a, 3),
+                   "c_steady_over_a": round(variants["streamimg"]["steady_frames_per_s"] / a, 3)},
+        "checks": {"palettes_equal_plain": same, "streamimg_exactly_once": exactly_once,
+                   "streamz_outputs_complete": all(
+                       o["missing"] == 0 for o in variants["streamz"]["outputs"].values())},
+    }
+    out = args.out or RESULTS / ("pipeline_quick.json" if args.quick else "pipeline.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    print(f"\nchecks: {json.dumps(result['checks'])}")
+    print(f"written to {out}")
+    ok = exactly_once and all(same.values()) and result["checks"]["streamz_outputs_complete"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
