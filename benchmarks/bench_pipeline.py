@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -85,6 +86,9 @@ INPUT = "frames"
 STREAM = "bigbuckbunny"
 SIGMA, K, SAMPLE, SEED, QUALITY = 2.0, 5, 10_000, 0, 90
 WAIT_LIMIT_S = 900.0
+# --full: the whole video-analysis work (faces on the sharp frame, blur, palette, boxes and
+# palette strip drawn, JPEG), as topologies/video_analysis.py does (issue 4's benchmark).
+FULL = False
 
 
 def log(msg):
@@ -104,41 +108,65 @@ def input_header(index, ts, shape):
                        channels=c, dtype="uint8", encoding="raw", order="RGB")
 
 
-def work(frame, info, timings=None):
-    """The topology's per-frame work; returns (jpeg value, jpeg headers, analytics JSON)."""
-    t0 = time.perf_counter()
+@functools.lru_cache(maxsize=1)
+def face_detector():
+    from streamimg.analytics.detect import FaceDetector
+
+    return FaceDetector(max_side=640)
+
+
+def work(frame, info, timings=None, full=None):
+    """The topology's per-frame work; returns (jpeg value, jpeg headers, analytics JSON).
+
+    ``full`` (default: the ``--full`` flag) adds faces and annotation. It is passed
+    explicitly to the workers: a module global does not travel with the function.
+    """
+    full = FULL if full is None else full
+    from streamimg.analytics.annotate import draw_detections, draw_palette
+
+    marks = [("start", time.perf_counter())]
+    faces = None
+    if full:
+        faces = face_detector().detect(frame)
+        marks.append(("faces", time.perf_counter()))
     blurred = blur_frame(frame, SIGMA)
-    t1 = time.perf_counter()
+    marks.append(("blur", time.perf_counter()))
     pal = palette(blurred, k=K, sample=SAMPLE, seed=SEED)
-    t2 = time.perf_counter()
+    marks.append(("palette", time.perf_counter()))
+    values = {"faces": faces, "palette": pal} if full else {"palette": pal}
+    [(_, analytics, _)] = analytics_record(info, values)
+    marks.append(("json", time.perf_counter()))
+    out = blurred
+    if full:
+        out = draw_palette(draw_detections(blurred, faces), pal.colors, pal.fractions,
+                           strip_height=max(16, blurred.shape[0] // 8))
+        marks.append(("annotate", time.perf_counter()))
     h = info.header
-    jpeg, headers = encode_frame(blurred, stream=h.stream, index=h.frame,
+    jpeg, headers = encode_frame(out, stream=h.stream, index=h.frame,
                                  timestamp_ms=h.timestamp_ms, encoding="jpeg",
                                  jpeg_quality=QUALITY)
-    t3 = time.perf_counter()
-    [(_, analytics, _)] = analytics_record(info, {"palette": pal})
-    t4 = time.perf_counter()
+    marks.append(("encode", time.perf_counter()))
     if timings is not None:
-        for name, a, b in (("blur", t0, t1), ("palette", t1, t2), ("encode", t2, t3),
-                           ("json", t3, t4)):
+        for (_, a), (name, b) in zip(marks, marks[1:], strict=False):
             timings[name] = timings.get(name, 0.0) + (b - a)
     return jpeg, headers, analytics
 
 
-def process_one(item):
+def process_one(item, full):
     """(b)'s map function, on a worker: decode the raw record and do the work."""
     value, headers, topic, partition, offset = item
     header = parse_header(headers)
     frame = decode_payload(header, value)
-    jpeg, jpeg_headers, analytics = work(frame, frame_info(topic, partition, offset, header))
+    jpeg, jpeg_headers, analytics = work(frame, frame_info(topic, partition, offset, header),
+                                         full=full)
     return topic, partition, offset, jpeg, jpeg_headers, analytics
 
 
-def _warm(frame):
-    """Import and run everything once on a worker (sklearn, OpenCV) so no variant pays it."""
+def _warm(frame, full):
+    """Import and run everything once on a worker (sklearn, OpenCV, ONNX) so no variant pays it."""
     import cv2
 
-    work(frame, frame_info("warm", 0, 0, input_header(0, 0, frame.shape)))
+    work(frame, frame_info("warm", 0, 0, input_header(0, 0, frame.shape)), full=full)
     return {"pid": os.getpid(), "cv2_threads": cv2.getNumThreads()}
 
 
@@ -330,7 +358,7 @@ def run_streamz(kafka, client, n, cpu):
             done.set()
 
     source = Stream()
-    sink_node = source.scatter().map(process_one).buffer(8).gather().sink(sink)
+    sink_node = source.scatter().map(process_one, full=FULL).buffer(8).gather().sink(sink)
     before_counts, before_cpu = scheduler_counts(client), cpu.sample()
     t_start = time.perf_counter()
     consumer.subscribe([INPUT], on_assign=on_assign)
@@ -438,6 +466,9 @@ def bench_topology(path=None):
     """The topology (c) runs: ``path`` if given, else the demo pipeline of (a) and (b)."""
     if path is not None:
         return load_topology(path)
+    if FULL:
+        return load_topology(Path(__file__).resolve().parents[1] / "topologies"
+                             / "video_analysis.py")
     topology = Topology("video_analysis", inputs=INPUT, max_frames=8, max_wait_ms=100,
                         max_in_flight=4)
     (topology.source
@@ -607,10 +638,15 @@ def main(argv=None):
                         help="frames (clip looped as needed); 528 by default, 64 with --quick")
     parser.add_argument("--quick", action="store_true", help="64 frames, about a minute")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
+    parser.add_argument("--full", action="store_true",
+                        help="the whole video-analysis work: topologies/video_analysis.py "
+                             "(faces, blur, palette, annotation) against the same functions")
     parser.add_argument("--topology", type=Path, default=None,
                         help="run this topology file in (c) instead of the built-in demo "
                              "pipeline (its work may then differ from (a) and (b))")
     args = parser.parse_args(argv)
+    global FULL
+    FULL = args.full
     n = args.frames or (64 if args.quick else 528)
     if n < 2:
         parser.error("--frames must be >= 2")
@@ -631,7 +667,7 @@ def main(argv=None):
         cluster = stack.enter_context(local_cluster(n_workers=2))
         client = stack.enter_context(Client(cluster))
         kafka = KafkaConfig(bootstrap=broker.bootstrap)
-        warm = client.run(_warm, frames[0])
+        warm = client.run(_warm, frames[0], FULL)
         cpu = CpuMeter(broker.process.pid, [w["pid"] for w in warm.values()])
         cv2_threads = {f"worker{i}": w["cv2_threads"] for i, w in enumerate(warm.values())}
         ensure_topics(kafka, [INPUT])
@@ -666,6 +702,7 @@ def main(argv=None):
         "mode": "quick" if args.quick else "full", "clip": clip.name, "frames": n,
         "shape": [720, 1280, 3], "machine": machine(cv2_threads),
         "topology": str(args.topology) if args.topology else
+        "topologies/video_analysis.py" if FULL else
         "built-in: gaussian_blur(2.0).palette(k=5, sample=10000, seed=0)"
         ".to_kafka_frames(jpeg, q=90).to_kafka_analytics(); max_frames=8, max_wait_ms=100, "
         "max_in_flight=4",
@@ -678,7 +715,8 @@ def main(argv=None):
                    "streamz_outputs_complete": all(
                        o["missing"] == 0 for o in variants["streamz"]["outputs"].values())},
     }
-    out = args.out or RESULTS / ("pipeline_quick.json" if args.quick else "pipeline.json")
+    stem = "analysis" if FULL else "pipeline"
+    out = args.out or RESULTS / (f"{stem}_quick.json" if args.quick else f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
