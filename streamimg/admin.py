@@ -45,8 +45,12 @@ def ensure_topics(kafka: KafkaConfig, topics: Iterable[str], partitions: int = 1
 
 
 def partitions_of(kafka: KafkaConfig, topic: str, timeout_s: float = 10.0) -> list[int]:
-    """Partition ids of ``topic`` (empty if it does not exist)."""
-    meta = AdminClient(kafka.common()).list_topics(topic, timeout=timeout_s)
+    """Partition ids of ``topic`` (empty if it does not exist).
+
+    Lists all topics: a metadata request naming the topic would let a broker with
+    auto-creation on create it as a side effect.
+    """
+    meta = AdminClient(kafka.common()).list_topics(timeout=timeout_s)
     t = meta.topics.get(topic)
     return sorted(t.partitions) if t is not None and t.error is None else []
 

@@ -11,6 +11,7 @@ Tansu 0.6.0 differs from Apache Kafka in ways the code must not paper over
 
 from __future__ import annotations
 
+import ctypes
 import importlib.resources
 import os
 import signal
@@ -77,6 +78,19 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
             time.sleep(0.02)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the parent dies (Linux), so no broker is orphaned.
+
+    prctl(PR_SET_PDEATHSIG) fires when the *thread* that started the child exits:
+    start the broker from a thread that lives as long as it should (the main thread).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except OSError:  # not Linux/glibc: the parent's stop() remains the only way
+        pass
+
+
 @dataclass
 class EmbeddedBroker:
     """A Tansu broker process on loopback with in-memory storage.
@@ -123,6 +137,7 @@ class EmbeddedBroker:
              "--advertised-listener-url", url, "--storage-engine", self.storage],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
+            preexec_fn=_die_with_parent,
         )
         try:
             wait_for_port("127.0.0.1", self.port, timeout_s)

@@ -41,11 +41,11 @@ def cmd_broker(args) -> int:
     """Run the embedded broker in the foreground until SIGINT/SIGTERM."""
     from streamimg.broker import EmbeddedBroker
 
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the broker starts: never orphan it
+        signal.signal(sig, lambda *_: stop.set())
     broker = EmbeddedBroker(port=args.port).start()
     print(f"embedded Kafka-compatible broker (Tansu) on {broker.bootstrap}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             if broker.process.poll() is not None:

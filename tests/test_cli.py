@@ -1,0 +1,108 @@
+"""The `streamimg` command as a user runs it: subprocesses against the test broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamimg.admin import committed_offsets, read_topic
+from streamimg.broker import free_port, wait_for_port
+from tests.helpers import ROOT, stop_process
+
+
+def streamimg(*args, timeout=120, **kwargs):
+    return subprocess.run([sys.executable, "-m", "streamimg.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL,
+                          **kwargs)
+
+
+def test_produce_a_folder_and_consume_it_back_to_files(kafka, uid, tmp_path):
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(20 + i, 30, 3), dtype=np.uint8) for i in range(3)]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"img_{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    topic = f"cli-{uid}"
+    done = streamimg("produce", str(folder), "--topic", topic, "--bootstrap", kafka.bootstrap,
+                     "--stream", "cam", "--encoding", "png")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["frames"] == 3
+
+    out = tmp_path / "saved"
+    done = streamimg("consume", topic, "--bootstrap", kafka.bootstrap, "--save-dir", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(x["key"], x["headers"]["streamimg.frame"]) for x in lines] == [
+        ("cam", "0"), ("cam", "1"), ("cam", "2")]
+    for i, img in enumerate(images):
+        saved = np.asarray(Image.open(out / f"cam_{i:06d}.png"))
+        np.testing.assert_array_equal(saved, img)
+
+
+def test_produce_video_with_frame_step_and_limit(kafka, uid):
+    from tests.helpers import clip
+
+    topic = f"cli-{uid}"
+    done = streamimg("produce", str(clip("bikes.mp4")), "--topic", topic, "--bootstrap",
+                     kafka.bootstrap, "--frame-step", "5", "--limit", "4")
+    assert done.returncode == 0, done.stderr
+    frames = read_topic(kafka, topic)
+    assert [dict(m.headers())["streamimg.frame"] for m in frames] == [b"0", b"1", b"2", b"3"]
+    assert {dict(m.headers())["streamimg.height"] for m in frames} == {b"272"}
+
+
+def test_run_refuses_a_bad_topology_before_any_offset_moves(kafka, uid, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(f"from streamimg import Topology\ntopology = Topology('bad-{uid}', "
+                   f"inputs='in-{uid}')\ntopology.source.gaussian_blur(sigma=0)"
+                   ".to_kafka_analytics()\n")
+    done = streamimg("run", str(bad), "--bootstrap", kafka.bootstrap)
+    assert done.returncode == 2
+    assert "sigma must be > 0 pixels, got 0" in done.stderr
+    assert committed_offsets(kafka, f"bad-{uid}", [f"in-{uid}"]) == {}
+    done = streamimg("run", str(tmp_path / "missing.py"), "--bootstrap", kafka.bootstrap)
+    assert done.returncode == 2 and "no such topology file" in done.stderr
+    done = streamimg("run", str(bad), "--bootstrap", kafka.bootstrap, "--kafka", "oops")
+    assert done.returncode == 2
+
+
+def test_broker_command_serves_and_stops_on_sigterm():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamimg.cli", "broker", "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=ROOT, env=os.environ.copy())
+    try:
+        wait_for_port("127.0.0.1", port, 30)
+    finally:
+        code = stop_process(proc, signal.SIGTERM, timeout_s=30)
+    assert code == 0
+    assert f"127.0.0.1:{port}" in proc.stdout.read().decode()
+
+
+@pytest.mark.timeout(300)
+def test_demo_end_to_end_on_a_few_frames(tmp_path):
+    out = tmp_path / "demo"
+    done = streamimg("demo", "--limit", "12", "--output", str(out), timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_in"] == summary["frames_out"] == 12
+    assert summary["exactly_once"] is True and summary["daemon_exit_code"] == 0
+    assert summary["frames_per_s"] > 0 and summary["elapsed_s"] > 0
+    assert set(summary["topics"]["outputs"]) == {"video_analysis.frames",
+                                                 "video_analysis.analytics"}
+    assert {"faces", "palette", "encode"} <= set(summary["stage_ms_per_frame"])
+    pngs = sorted(out.glob("bigbuckbunny_*.png"))
+    assert len(pngs) == 12
+    first = np.asarray(Image.open(pngs[0]))
+    assert first.shape == (720 + 90, 1280, 3)  # the frame plus its palette strip (720 // 8)
+    assert len((out / "analytics.jsonl").read_text().splitlines()) == 12
+    assert "Dask dashboard" in done.stderr
