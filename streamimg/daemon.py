@@ -38,12 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from distributed import Client, Future
 
 from streamimg.admin import ensure_topics, partitions_of, read_record
-from streamimg.batching import Batch, DeadLetter, FrameInfo, Taken, build_batch
+from streamimg.batching import Batch, DeadLetter, FrameInfo, Taken, build_batch, frame_task
 from streamimg.codecs.frame import FrameDecodeError
 from streamimg.config import KafkaConfig
 from streamimg.sinks.checkpoint import Checkpoint, FatalKafkaError, TransactionAborted
@@ -53,12 +52,6 @@ from streamimg.topology import Topology
 log = logging.getLogger("streamimg.daemon")
 
 EXIT_OK, EXIT_FATAL = 0, 3
-
-
-def _collect(per_sink: list[list]) -> bytes:
-    # One pickle per frame: distributed sends a list of bytes as one message frame per
-    # item, which cost 665 us per pixel record (measured, pixel path); a pickle, ~3 us.
-    return pickle.dumps(per_sink, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @dataclass
@@ -224,12 +217,9 @@ class Daemon:
         sinks: list[str] = []
         try:
             self.topology.source.emit(batch)
-            sinks = [topic for topic, _ in batch.outputs.per_sink]
-            per_frame = [
-                dask.delayed(_collect, pure=True)(
-                    [records[i] for _, records in batch.outputs.per_sink],
-                    dask_key_name=f"records-{uuid.uuid4().hex}")
-                for i in range(len(batch.frames))]
+            sinks = [sink.topic for sink in batch.outputs.per_sink]
+            per_frame = [frame_task(batch, i, f"frame-{uuid.uuid4().hex}")
+                         for i in range(len(batch.frames))]
             # fifo_timeout=0: older batches first. The default (60 s) gives every batch
             # of the last minute the same priority, so batches finished together and the
             # workers idled while they committed (first commit 1.6-3.7 s -> 0.9-1.3 s).

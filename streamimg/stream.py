@@ -22,14 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 import dask
-import dask.array as da
 import numpy as np
 from streamz import Stream
 
 from streamimg.analytics import transforms as _transforms
 from streamimg.analytics.annotate import draw_detections, draw_palette
 from streamimg.analytics.palette import palette as _palette
-from streamimg.batching import Batch, FrameGroup
+from streamimg.batching import Batch, FrameGroup, Sink, Step
 from streamimg.codecs.frame import ENCODINGS
 from streamimg.operators import kernels as _kernels
 from streamimg.operators.blur import gaussian_blur as _gaussian_blur
@@ -121,18 +120,15 @@ def _pick(results: Timed, i: int) -> Timed:
 
 
 def _values_by_group(batch: Batch, name: str, obj: Any, method: str) -> Batch:
-    """Run ``obj.<method>(frames (n, h, w, c))`` once per group; split the results per frame."""
-    if name in batch.values:
-        raise ValueError(f"batch already has values named {name!r}")
-    values: list[Any] = [None] * len(batch.frames)
+    """Run ``obj.<method>(frames (n, h, w, c))`` once per group; each frame picks its result."""
+    steps: list[Any] = [None] * len(batch.frames)
     for g in batch.groups:
         token = dask.base.tokenize(g.array.name, obj, method)
         whole = dask.delayed(_batch_call, pure=True)(g.array, obj, method,
                                                       dask_key_name=f"{name}-{token}")
         for j, i in enumerate(g.index):
-            values[i] = dask.delayed(_pick, pure=True)(whole, j,
-                                                       dask_key_name=f"{name}-{token}-{j}")
-    return dataclasses.replace(batch, values={**batch.values, name: values})
+            steps[i] = Step(_pick, whole, {"i": j}, block=False, timing=name)
+    return batch.with_steps(name, steps)
 
 
 @_register
@@ -222,46 +218,38 @@ for _name in ("resize", "crop", "center_crop", "convert_color", "normalize", "eq
     _register_transform(_name)
 
 
-def _annotate_block(block: np.ndarray, detections: Any, palette: Any,
-                    strip_height: int) -> np.ndarray:
-    frame = block[0]
+def _annotate_frame(frame: np.ndarray, strip_height: int, detections_name: str | None,
+                    palette_name: str | None, **values: Any) -> np.ndarray:
     if frame.dtype != np.uint8:
         frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
     if frame.shape[-1] == 1:
         frame = np.repeat(frame, 3, axis=-1)
     frame = np.ascontiguousarray(frame[:, :, :3])
-    if detections is not None:
-        frame = draw_detections(frame, [d for d in _items(detections)])
-    if palette is not None:
-        pal = palette.value if isinstance(palette, Timed) else palette
+    if detections_name is not None:
+        found = values[detections_name]
+        frame = draw_detections(frame, list(found.value if isinstance(found, Timed) else found))
+    if palette_name is not None:
+        pal = values[palette_name]
+        pal = pal.value if isinstance(pal, Timed) else pal
         frame = draw_palette(frame, pal.colors, pal.fractions, strip_height=strip_height)
-    return frame[None]
-
-
-def _items(value: Any) -> list:
-    return list(value.value if isinstance(value, Timed) else value)
+    return frame
 
 
 def _annotate_batch(batch: Batch, detections: str | None, palette: str | None) -> Batch:
-    for name in (detections, palette):
-        if name is not None and name not in batch.values:
+    needs = tuple(n for n in (detections, palette) if n is not None)
+    for name in needs:
+        if name not in batch.values:
             raise ValueError(f"annotate: no analytics named {name!r} upstream "
                              f"(have {sorted(batch.values)})")
-    blocks = batch.frame_blocks()
-    kinds: dict[tuple, list[int]] = {}
-    parts: list[Any] = []
-    call = dask.delayed(_annotate_block, pure=True)
-    for i, (info, block) in enumerate(zip(batch.frames, blocks, strict=True)):
-        h, w, _ = info.header.shape
-        strip = max(16, h // 8) if palette else 0
-        d = call(block, batch.values[detections][i] if detections else None,
-                 batch.values[palette][i] if palette else None, strip,
-                 dask_key_name=f"annotate-{dask.base.tokenize(block.key, detections, palette)}")
-        parts.append(da.from_delayed(d, shape=(1, h + strip, w, 3), dtype=np.uint8))
-        kinds.setdefault((h + strip, w), []).append(i)
-    groups = tuple(FrameGroup(tuple(ix), da.concatenate([parts[i] for i in ix], axis=0))
-                   for ix in kinds.values())
-    return dataclasses.replace(batch, groups=groups)
+    if batch.drawn is not None:
+        raise ValueError("annotate appears twice in the pipeline")
+    drawn = tuple(
+        Step(_annotate_frame, block,
+             {"strip_height": max(16, info.header.height // 8) if palette else 0,
+              "detections_name": detections, "palette_name": palette}, needs=needs,
+             timing="annotate")
+        for block, info in zip(batch.frame_blocks(), batch.frames, strict=True))
+    return dataclasses.replace(batch, drawn=drawn)
 
 
 @_register
@@ -269,9 +257,10 @@ def annotate(stream: Stream, detections: str | None = "faces",
              palette: str | None = "palette") -> Stream:
     """Draw analytics onto the frames: boxes with label and score, and a palette strip.
 
-    The frames become RGB uint8 (h + strip, w, 3), strip = max(16, h // 8)
-    pixels when a palette is drawn; follow with ``to_kafka_frames`` to publish
-    them. ``detections``/``palette`` name analytics added upstream (None: skip).
+    The frames sinks after it publish RGB uint8 (h + strip, w, 3) frames,
+    strip = max(16, h // 8) pixels when a palette is drawn. Drawing runs in the
+    frame's output task, so frame operators (filters, transforms) must come
+    before it. ``detections``/``palette`` name analytics added upstream (None: skip).
     """
     return stream.map(_annotate_batch, detections=detections, palette=palette)
 
@@ -292,13 +281,14 @@ def analyze(stream: Stream, name: str, fn: Callable[..., Any], **kwargs: Any) ->
     return stream.map(lambda b: b.with_values(name, fn, **kwargs))
 
 
-def _add_records(batch: Batch, topic: str, builder: Callable[..., list], **kwargs: Any) -> Batch:
-    call = dask.delayed(builder, pure=True)
-    blocks = batch.frame_blocks()
-    records = [call(block, info, **kwargs,
-                    dask_key_name=f"encode-{dask.base.tokenize(block.key, topic, kwargs)}")
-               for block, info in zip(blocks, batch.frames, strict=True)]
-    batch.outputs.add(topic, records)
+def _add_records(batch: Batch, topic: str, builder: Callable[..., list], timing: str,
+                 **kwargs: Any) -> Batch:
+    drawn = batch.drawn is not None
+    batch.outputs.add(Sink(topic, [
+        Step(builder, None if drawn else block, {"info": info, **kwargs}, drawn=drawn,
+             timing=timing)
+        for block, info in zip(batch.frame_blocks(), batch.frames, strict=True)],
+        batch.values, batch.drawn))
     return batch
 
 
@@ -317,16 +307,19 @@ def to_kafka_frames(stream: Stream, encoding: str = "jpeg", topic: str | None = 
     topo = topology_of(stream)
     topic = topo.add_output(topic or topo.frames_topic)
     return topo.add_sink(stream.map(_add_records, topic=topic, builder=frame_records,
-                                    encoding=encoding, jpeg_quality=jpeg_quality), topic)
+                                    timing="encode", encoding=encoding,
+                                    jpeg_quality=jpeg_quality), topic)
+
+
+def _analytics_step(_: Any, info: Any, timings: dict[str, float], **values: Any) -> list:
+    return analytics_record(info, values, timings)
 
 
 def _add_analytics(batch: Batch, topic: str) -> Batch:
-    call = dask.delayed(analytics_record, pure=True)
-    per_frame = [{name: values[i] for name, values in batch.values.items()}
-                 for i in range(len(batch.frames))]
-    batch.outputs.add(topic, [
-        call(info, values, dask_key_name=f"analytics-{dask.base.tokenize(info, values)}")
-        for info, values in zip(batch.frames, per_frame, strict=True)])
+    needs = (*batch.values, "timings")
+    batch.outputs.add(Sink(topic, [Step(_analytics_step, None, {"info": info}, needs=needs)
+                                   for info in batch.frames], batch.values, None,
+                           analytics=True))
     return batch
 
 
@@ -348,17 +341,18 @@ def to_kafka_pixels(stream: Stream, topic: str, binary: bool = False) -> Stream:
     topo = topology_of(stream)
     topo.add_output(topic)
     return topo.add_sink(stream.map(_add_records, topic=topic, builder=pixel_records,
-                                    binary=binary), topic)
+                                    timing="encode_pixels", binary=binary), topic)
 
 
 @_register
 def to_kafka_records(stream: Stream, topic: str,
              records: Callable[..., list[tuple[bytes | None, bytes | None, list]]],
              **kwargs: Any) -> Stream:
-    """Sink: ``records(block (1, h, w, c), info: FrameInfo, **kwargs)`` per frame to ``topic``.
+    """Sink: ``records(frame (h, w, c), info: FrameInfo, **kwargs)`` per frame to ``topic``.
 
     ``records`` runs on a worker and returns a list of ``(key, value, headers)``.
     """
     topo = topology_of(stream)
     topo.add_output(topic)
-    return topo.add_sink(stream.map(_add_records, topic=topic, builder=records, **kwargs), topic)
+    return topo.add_sink(stream.map(_add_records, topic=topic, builder=records,
+                                    timing=f"records:{topic}", **kwargs), topic)

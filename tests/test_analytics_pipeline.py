@@ -93,7 +93,7 @@ def test_video_analysis_records_equal_direct_computation(kafka, client, uid, tmp
         assert record["faces"] == [d.to_dict() for d in faces]
         pal = palette(blurred[i], k=5, sample=10_000, seed=0)
         assert record["palette"] == pal.to_dict()
-        assert set(record["timings_ms"]) == {"faces", "palette"}
+        assert set(record["timings_ms"]) == {"faces", "palette", "annotate", "encode"}
         assert record["source"] == {"topic": topic, "partition": 0, "offset": i}
         h = frame.shape[0]
         expect = draw_palette(draw_detections(blurred[i], faces), pal.colors, pal.fractions,

@@ -56,18 +56,17 @@ def dead_letter_record(d: DeadLetter, run: str) -> Record:
         d.topic, d.partition, d.offset, run)
 
 
-def frame_records(block: np.ndarray, info: FrameInfo, encoding: str,
+def frame_records(frame: np.ndarray, info: FrameInfo, encoding: str,
                   jpeg_quality: int) -> list[Record]:
     """Encode a processed frame as a version-1 frame message (runs on a worker).
 
-    ``block`` is (1, h, w, c); the output keeps the input's stream id, frame
+    ``frame`` is (h, w, c); the output keeps the input's stream id, frame
     index, timestamp and channel order, so an output topic is itself a valid
     input topic for another topology. Returns one record, with the encode time
     in ms in the ``streamimg.encode_ms`` header.
     """
     start = time.perf_counter()
     h = info.header
-    frame = block[0]
     if encoding == "jpeg" and frame.dtype != np.uint8:  # e.g. float frames from convolutions
         frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
     order = h.order if frame.shape[-1] == h.channels else None  # annotated frames are RGB
@@ -81,10 +80,10 @@ def frame_records(block: np.ndarray, info: FrameInfo, encoding: str,
     return [(info.key, value, headers + extra)]
 
 
-def pixel_records(block: np.ndarray, info: FrameInfo, binary: bool = False) -> list[Record]:
+def pixel_records(frame: np.ndarray, info: FrameInfo, binary: bool = False) -> list[Record]:
     """A processed frame as pixel messages ``name;frame;x;y;v`` (runs on a worker).
 
-    ``block`` is (1, h, w, 1); one record per pixel, key = the image name, in
+    ``frame`` is (h, w, 1); one record per pixel, key = the image name, in
     row-major order. Pixels missing from an incomplete assembled frame are not
     written. Values are float64 (text: shortest round-trip repr).
 
@@ -93,7 +92,6 @@ def pixel_records(block: np.ndarray, info: FrameInfo, binary: bool = False) -> l
     ValueError
         If the frame has more than one channel.
     """
-    frame = block[0]
     if frame.shape[-1] != 1:
         raise ValueError(f"pixel messages carry one channel, frame has shape {frame.shape}")
     values = frame_to_pixels(info.header.stream, info.header.frame, frame[:, :, 0], binary=binary)
@@ -128,7 +126,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def analytics_record(info: FrameInfo, values: dict[str, Any]) -> list[Record]:
+def analytics_record(info: FrameInfo, values: dict[str, Any],
+                     timings: dict[str, float] | None = None) -> list[Record]:
     """One JSON analytics record for a frame (runs on a worker).
 
     The value is UTF-8 JSON, schema ``1``::
@@ -138,7 +137,8 @@ def analytics_record(info: FrameInfo, values: dict[str, Any]) -> list[Record]:
          "<name>": <value of each analytics stage>, ...,
          "timings_ms": {"<name>": ms, ...}}
 
-    A value's ``ms`` attribute, when present, goes to ``timings_ms``. The
+    ``timings`` (ms per stage for this frame, measured where the stages ran)
+    becomes ``timings_ms``; without it, each value's ``ms`` attribute. The
     daemon's run id travels in the ``streamimg.run`` header only, so the JSON of
     a frame is the same in every run (exactly-once output is well defined).
     """
@@ -148,12 +148,12 @@ def analytics_record(info: FrameInfo, values: dict[str, Any]) -> list[Record]:
                             "source": info.lineage()}
     if info.mask is not None:
         body["missing_pixels"] = int(info.mask.sum())
-    timings = {}
+    own = {}
     for name, value in values.items():
         body[name] = _jsonable(value)
         if getattr(value, "ms", None) is not None:
-            timings[name] = round(float(value.ms), 3)
-    body["timings_ms"] = timings
+            own[name] = round(float(value.ms), 3)
+    body["timings_ms"] = dict(timings) if timings is not None else own
     value = json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
     return [(info.key, value, [("content-type", b"application/json"),
                                ("streamimg.schema", b"1")])]
