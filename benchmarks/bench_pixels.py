@@ -492,10 +492,10 @@ def verify(a_out, b_out, frames):
 
 
 def warm():
-    block = ndi.convolve(np.ones((16, 16)), KERNELS[1][1], mode="wrap")[None, :, :, None]
+    frame = ndi.convolve(np.ones((16, 16)), KERNELS[1][1], mode="wrap")[:, :, None]
     info = FrameInfo("warm", 0, 0, NAME.encode(),
                      FrameHeader(NAME, 0, 0, 16, 16, 1, "float64", "raw", "GRAY"))
-    return len(pixel_records(block, info)) + len(pixel_records(block, info, binary=True))
+    return len(pixel_records(frame, info)) + len(pixel_records(frame, info, binary=True))
 
 
 # -- stage micro-benchmarks ----------------------------------------------------------------------
@@ -639,12 +639,12 @@ def bench_stages(kafka, frames, text_records, input_topic, repeat):
     out["bulk_decode_binary_numpy_us"] = round(t * 1e6 / n, 3)
     # the workers' encode task: one processed frame -> pixel records; then what gather moves
     k = KERNELS[1][1]
-    block = ndi.convolve(frames[0], k, mode="wrap")[None, :, :, None]
+    frame = ndi.convolve(frames[0], k, mode="wrap")[:, :, None]
     header = FrameHeader(NAME, 0, 0, h, w, 1, "float64", "raw", "GRAY")
     info = FrameInfo(input_topic, 0, 0, NAME.encode(), header)
     for binary in (False, True):
         label = "binary" if binary else "text"
-        t, recs = timed(lambda b=binary: pixel_records(block, info, binary=b), repeat)
+        t, recs = timed(lambda b=binary: pixel_records(frame, info, binary=b), repeat)
         out[f"pixel_records_{label}_us"] = round(t * 1e6 / (h * w), 3)
         blob = pickle.dumps(recs, protocol=5)
         t_load, _ = timed(lambda blob=blob: pickle.loads(blob), repeat)
