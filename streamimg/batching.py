@@ -151,7 +151,6 @@ class Batch:
     drawn: tuple[Step | None, ...] | None = None
     outputs: Outputs = field(default_factory=Outputs)
     dead: tuple[DeadLetter, ...] = ()
-    created: float = field(default_factory=time.monotonic)
 
     def __len__(self) -> int:
         return len(self.frames)

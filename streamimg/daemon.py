@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from distributed import Client, Future
+from distributed import Client, Future, wait
 
 from streamimg.admin import ensure_topics, partitions_of, read_record
 from streamimg.batching import Batch, DeadLetter, FrameInfo, Taken, build_batch, frame_task
@@ -235,10 +235,10 @@ class Daemon:
         self.stats.build_ms += (time.perf_counter() - start) * 1e3
 
     def _wait_head(self, timeout_s: float) -> None:
-        head = self._inflight[0]
-        deadline = time.monotonic() + timeout_s
-        while not all(f.done() for f in head.futures) and time.monotonic() < deadline:
-            time.sleep(0.002)
+        try:
+            wait(self._inflight[0].futures, timeout=timeout_s)
+        except TimeoutError:
+            pass
 
     def _commit_ready(self) -> None:
         while self._inflight and all(f.done() for f in self._inflight[0].futures):
