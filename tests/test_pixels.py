@@ -101,9 +101,12 @@ def test_duplicated_pixels(kafka, topic, rule, expect):
 def test_incomplete_frame_when_the_window_closes(kafka, topic, policy):
     image = np.arange(6, dtype=float).reshape(2, 3)
     send(kafka, topic, pixels("img", 3, image)[:4])  # 2 of 6 pixels never come
-    asm = assemble(kafka, topic, PixelFrames(2, 3, window_ms=200, incomplete=policy, fill=-1.0))
+    window_ms = 1500  # wide enough that a loaded machine cannot overrun it before take()
+    asm = assemble(kafka, topic, PixelFrames(2, 3, window_ms=window_ms, incomplete=policy,
+                                             fill=-1.0))
+    opened = time.monotonic()  # just after the first pixel was added
     assert asm.take() is None  # still inside its window
-    time.sleep(0.3)
+    time.sleep(max(0.0, opened + window_ms / 1e3 + 0.05 - time.monotonic()))
     taken = asm.take()
     assert taken.offsets == {(topic, 0): 4}
     if policy == "mask":
