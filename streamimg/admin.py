@@ -9,10 +9,17 @@ group's committed offsets.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamimg.config import KafkaConfig
@@ -86,13 +93,7 @@ def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,
     parts = partitions_of(kafka, topic)
     if not parts:
         return []
-    consumer = Consumer({
-        **kafka.common(), "group.id": f"streamimg-reader-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "enable.partition.eof": True,
-        "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        "fetch.wait.max.ms": kafka.fetch_wait_max_ms, "fetch.max.bytes": kafka.max_message_bytes,
-        "max.partition.fetch.bytes": kafka.max_message_bytes, "fetch.queue.backoff.ms": 10,
-    })
+    consumer = Consumer({**kafka.reader(read_committed), "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])  # 0: earliest on Kafka too
     out: dict[int, list[Message]] = {p: [] for p in parts}
     at_end: set[int] = set()
@@ -115,6 +116,26 @@ def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,
     return [m for p in parts for m in out[p]]
 
 
+def produce(producer: Producer, topic: str, **kwargs: Any) -> None:
+    """``producer.produce(topic, **kwargs)``, waiting while the local queue is full.
+
+    A full queue (``BufferError``) means librdkafka has not sent earlier records
+    yet: serve delivery callbacks for 50 ms and try again, instead of failing.
+
+    Raises
+    ------
+    KafkaException
+        From ``produce`` itself (e.g. a record larger than ``message.max.bytes``).
+    """
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            break
+        except BufferError:
+            producer.poll(0.05)
+    producer.poll(0)
+
+
 def read_record(kafka: KafkaConfig, topic: str, partition: int, offset: int,
                 timeout_s: float = 30.0) -> bytes | None:
     """The value of the record at ``offset`` of ``topic``/``partition`` (read_committed).
@@ -126,12 +147,7 @@ def read_record(kafka: KafkaConfig, topic: str, partition: int, offset: int,
     KafkaException
         On a consumer error.
     """
-    consumer = Consumer({
-        **kafka.common(), "group.id": f"streamimg-reader-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        "fetch.wait.max.ms": kafka.fetch_wait_max_ms, "fetch.queue.backoff.ms": 10,
-        "max.partition.fetch.bytes": kafka.max_message_bytes,
-    })
+    consumer = Consumer(kafka.reader())
     consumer.assign([TopicPartition(topic, partition, offset)])
     deadline = time.monotonic() + timeout_s
     try:

@@ -91,6 +91,18 @@ class FrameGroup:
 
 
 @dataclass(frozen=True)
+class Timed:
+    """A step's result with the ms it took, when the step knows better than a stopwatch.
+
+    Batched inference returns its share of the batch's time per frame this way.
+    :func:`finish_frame` records ``ms`` and passes ``value`` on.
+    """
+
+    value: Any
+    ms: float
+
+
+@dataclass(frozen=True)
 class Step:
     """One piece of per-frame work, run on a worker by :func:`finish_frame`.
 
@@ -234,8 +246,9 @@ def finish_frame(sinks: list[tuple[Step, bool, list[tuple[str, Step]], Step | No
     by several sinks are the same object). Order: non-analytics sinks first,
     each after the values and drawing it needs; then analytics sinks, whose
     records get the ``ms`` of every timed step run for the frame in
-    ``timings_ms`` (a value's own ``ms`` attribute wins: batched inference
-    reports its share of the batch). ``sources`` maps the keys of the steps'
+    ``timings_ms`` (a :class:`Timed` result or a value's own ``ms`` wins:
+    batched inference reports its share of the batch; a ``Timed`` is unwrapped
+    before later steps see it). ``sources`` maps the keys of the steps'
     ``dask.delayed`` sources to their computed values.
 
     Returns
@@ -258,10 +271,13 @@ def finish_frame(sinks: list[tuple[Step, bool, list[tuple[str, Step]], Step | No
             return done[id(step)]
         start = time.perf_counter()
         result = _run(step, sources, values, drawn)
+        ms = (time.perf_counter() - start) * 1e3
+        if isinstance(result, Timed):
+            result, ms = result.value, result.ms
+        elif getattr(result, "ms", None) is not None:  # e.g. Palette times its own fit
+            ms = result.ms
         if step.timing:
-            own = getattr(result, "ms", None)
-            timings[step.timing] = round(
-                float(own) if own is not None else (time.perf_counter() - start) * 1e3, 3)
+            timings[step.timing] = round(float(ms), 3)
         done[id(step)] = result
         return result
 

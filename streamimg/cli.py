@@ -83,7 +83,7 @@ def cmd_produce_pixels(args) -> int:
     from confluent_kafka import Producer
     from PIL import Image
 
-    from streamimg.admin import ensure_topics
+    from streamimg.admin import ensure_topics, produce
     from streamimg.codecs.pixel import frame_to_pixels
 
     with Image.open(args.image) as im:
@@ -95,12 +95,7 @@ def cmd_produce_pixels(args) -> int:
     sent = 0
     for index in range(args.frames):
         for value in frame_to_pixels(name, index, grey, binary=args.binary):
-            while True:
-                try:
-                    producer.produce(args.topic, value=value, key=name.encode())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce(producer, args.topic, value=value, key=name.encode())
             sent += 1
     if producer.flush(60) > 0:
         print(f"streamimg produce-pixels: {len(producer)} records undelivered", file=sys.stderr)

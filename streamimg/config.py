@@ -7,6 +7,7 @@ fails before any offset moves.
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,20 @@ class KafkaConfig:
             "fetch.queue.backoff.ms": 10,
             "partition.assignment.strategy": "cooperative-sticky",
             **self.extra,
+        }
+
+    def reader(self, read_committed: bool = True) -> dict[str, Any]:
+        """Settings for a group-less reader (``assign``, no commits): tools and tests.
+
+        A fresh random ``group.id`` (librdkafka requires one) that never commits.
+        """
+        return {
+            **self.common(), "group.id": f"streamimg-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            "fetch.wait.max.ms": self.fetch_wait_max_ms, "fetch.queue.backoff.ms": 10,
+            "fetch.max.bytes": self.max_message_bytes,
+            "max.partition.fetch.bytes": self.max_message_bytes,
         }
 
     def producer(self, transactional_id: str | None = None) -> dict[str, Any]:

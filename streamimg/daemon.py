@@ -250,6 +250,7 @@ class Daemon:
         records: list[tuple[str, bytes | None, bytes | None, list]] = []
         dead = list(batch.dead)
         done = [f for f in item.futures if f.status == "finished"]
+        frames_out = len(done)
         results = iter(self.client.gather(done)) if done else iter(())
         for i, (info, fut) in enumerate(zip(batch.frames, item.futures, strict=True)):
             if fut.status != "finished":
@@ -260,7 +261,6 @@ class Daemon:
             lineage = lineage_headers(info.topic, info.partition, info.offset, run)
             for topic, recs in zip(item.sinks, pickle.loads(next(results)), strict=True):
                 records.extend((topic, k, v, h + lineage) for k, v, h in recs)
-            self.stats.frames_out += 1
         dlq = self.topology.dlq_topic
         records.extend((dlq, *dead_letter_record(d, run)) for d in dead)
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(item.taken.offsets.items())]
@@ -276,6 +276,7 @@ class Daemon:
         for d in dead:
             log.warning("dead letter %s[%d]@%d (%s): %s", d.topic, d.partition, d.offset,
                         d.stage, d.reason)
+        self.stats.frames_out += frames_out  # counted once committed, not when computed
         self.stats.dead_letters += len(dead)
         self.stats.records_out += len(records)
         self.stats.batches_committed += 1

@@ -28,14 +28,14 @@ from streamz import Stream
 from streamimg.analytics import transforms as _transforms
 from streamimg.analytics.annotate import draw_detections, draw_palette
 from streamimg.analytics.palette import palette as _palette
-from streamimg.batching import Batch, FrameGroup, Sink, Step
+from streamimg.batching import Batch, FrameGroup, Sink, Step, Timed
 from streamimg.codecs.frame import ENCODINGS
 from streamimg.operators import kernels as _kernels
 from streamimg.operators.blur import gaussian_blur as _gaussian_blur
 from streamimg.operators.convolve import BOUNDARIES
 from streamimg.operators.convolve import convolve as _convolve
 from streamimg.operators.convolve import correlate as _correlate
-from streamimg.sinks.records import Timed, analytics_record, frame_records, pixel_records
+from streamimg.sinks.records import analytics_record, frame_records, pixel_records
 from streamimg.sources.kafka import topology_of
 from streamimg.topology import TopologyError
 
@@ -103,10 +103,8 @@ def correlate(stream: Stream, kernel: Any, boundary: str = "reflect", cval: floa
     return _filter_stream(stream, _correlate, "correlate", kernel, boundary, cval, output_dtype)
 
 
-def _detect_frame(frame: np.ndarray, detector: Any) -> Timed:
-    start = time.perf_counter()
-    detections = detector.detect(frame)
-    return Timed(detections, (time.perf_counter() - start) * 1e3)
+def _detect_frame(frame: np.ndarray, detector: Any) -> list:
+    return detector.detect(frame)
 
 
 def _batch_call(frames: np.ndarray, obj: Any, method: str) -> Timed:
@@ -141,13 +139,14 @@ def detect(stream: Stream, detector: Any, name: str = "detections",
     (a few hundred bytes) and its ONNX session loads once per worker process.
     ``batched``: one inference call per group of frames (whole batches, as
     ``OnnxDetector`` does when the model has a dynamic batch axis) or one per
-    frame; by default per frame for ``FaceDetector`` (CenterFace measured
-    1.1-4x slower batched) and batched otherwise.
+    frame, where the frame already is; by default the detector's own
+    ``batch_inference`` (False for ``FaceDetector``: CenterFace measured 1.1-4x
+    slower batched).
     """
     if not hasattr(detector, "detect") or not hasattr(detector, "detect_batch"):
         raise TopologyError(f"detect: {detector!r} is not a Detector (no detect/detect_batch)")
     if batched is None:
-        batched = type(detector).__name__ != "FaceDetector"
+        batched = bool(getattr(detector, "batch_inference", True))
     if batched:
         return stream.map(_values_by_group, name=name, obj=detector, method="detect_batch")
     return stream.map(lambda b: b.with_values(name, _detect_frame, detector=detector))
@@ -162,7 +161,7 @@ def detect_faces(stream: Stream, name: str = "faces", **kwargs: Any) -> Stream:
         detector = FaceDetector(**kwargs)
     except (ValueError, FileNotFoundError) as exc:
         raise TopologyError(f"detect_faces: {exc}") from None
-    return detect(stream, detector, name=name, batched=False)
+    return detect(stream, detector, name=name)
 
 
 @_register
@@ -226,11 +225,9 @@ def _annotate_frame(frame: np.ndarray, strip_height: int, detections_name: str |
         frame = np.repeat(frame, 3, axis=-1)
     frame = np.ascontiguousarray(frame[:, :, :3])
     if detections_name is not None:
-        found = values[detections_name]
-        frame = draw_detections(frame, list(found.value if isinstance(found, Timed) else found))
+        frame = draw_detections(frame, values[detections_name])
     if palette_name is not None:
         pal = values[palette_name]
-        pal = pal.value if isinstance(pal, Timed) else pal
         frame = draw_palette(frame, pal.colors, pal.fractions, strip_height=strip_height)
     return frame
 

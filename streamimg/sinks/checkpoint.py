@@ -25,6 +25,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from streamimg.admin import produce
+
 log = logging.getLogger(__name__)
 
 
@@ -149,15 +151,10 @@ class Checkpoint:
             self._producer.flush(self.timeout_s)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
-                self._producer.poll(0)
-                return
-            except BufferError:  # local queue full: let librdkafka send, then retry
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                self._raise(exc.args[0], "produce")
+        try:
+            produce(self._producer, topic, value=value, key=key, headers=headers)
+        except KafkaException as exc:
+            self._raise(exc.args[0], "produce")
 
     def _abort(self) -> None:
         self.aborted += 1

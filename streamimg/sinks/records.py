@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -100,18 +99,6 @@ def pixel_records(frame: np.ndarray, info: FrameInfo, binary: bool = False) -> l
         values = [v for v, k in zip(values, keep, strict=True) if k]
     key = info.header.stream.encode()
     return [(key, v, []) for v in values]
-
-
-@dataclass(frozen=True)
-class Timed:
-    """An analytics result with the ms its stage took on the worker (``timings_ms``)."""
-
-    value: Any
-    ms: float
-
-    def to_dict(self) -> Any:
-        """The value in JSON-ready form."""
-        return _jsonable(self.value)
 
 
 def _jsonable(value: Any) -> Any:

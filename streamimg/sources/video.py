@@ -15,6 +15,7 @@ import av
 import numpy as np
 from confluent_kafka import Producer
 
+from streamimg.admin import produce
 from streamimg.codecs.frame import encode_frame
 from streamimg.config import KafkaConfig
 
@@ -147,14 +148,8 @@ def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame]
         value, headers = encode_frame(f.image, stream=stream, index=f.index,
                                       timestamp_ms=f.timestamp_ms, encoding=encoding)
         kwargs = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                producer.produce(topic, value=value, key=stream.encode(), headers=headers,
-                                 on_delivery=delivered, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
+        produce(producer, topic, value=value, key=stream.encode(), headers=headers,
+                on_delivery=delivered, **kwargs)
         if on_frame:
             on_frame(f)
     if producer.flush(timeout_s) > 0:
