@@ -14,9 +14,11 @@ import cloudpickle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_pipeline  # noqa: E402
+import common  # noqa: E402
 
-# Workers cannot import this folder: ship bench_pipeline's functions by value.
+# Workers cannot import this folder: ship its functions by value.
 cloudpickle.register_pickle_by_value(bench_pipeline)
+cloudpickle.register_pickle_by_value(common)
 
 if __name__ == "__main__":
     sys.exit(bench_pipeline.main(["--full", *sys.argv[1:]]))

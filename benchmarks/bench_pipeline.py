@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import streamz  # noqa: E402
 import streamz.dask  # noqa: E402, F401  (registers Stream.scatter)
+from common import CpuMeter, log, minor_faults, thread_cpu_s  # noqa: E402
 from streamz import Stream  # noqa: E402
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic  # noqa: E402
@@ -91,8 +92,6 @@ WAIT_LIMIT_S = 900.0
 FULL = False
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # -- the per-frame work, shared by (a) and (b) ------------------------------------------------
@@ -201,56 +200,21 @@ def counts_delta(before, after, frames):
             "prefixes": prefixes}
 
 
-class CpuMeter:
-    """CPU seconds (user+system) of this process, the broker and the Dask workers."""
-
-    def __init__(self, broker_pid, worker_pids):
-        self.groups = {"main": [os.getpid()], "broker": [broker_pid], "workers": worker_pids}
-
-    def sample(self):
-        out = {}
-        for name, pids in self.groups.items():
-            user = system = faults = 0.0
-            for pid in pids:
-                try:
-                    t = psutil.Process(pid).cpu_times()
-                    user, system = user + t.user, system + t.system
-                    faults += minor_faults(pid)
-                except (psutil.Error, OSError):
-                    pass
-            out[name] = (user, system, faults)
-        t = psutil.cpu_times()  # the whole machine: shows other people's load on shared hosts
-        out["machine"] = (t.user + t.nice + t.system, 0.0, 0.0)
-        return out
-
-    @staticmethod
-    def delta(before, after, wall_s, frames):
-        out = {}
-        for name in after:
-            if name == "machine":
-                continue
-            user, system, faults = (a - b for a, b in zip(after[name], before[name], strict=True))
-            out[name] = {"cpu_s": round(user + system, 3), "sys_s": round(system, 3),
-                         "cores_busy": round((user + system) / wall_s, 2),
-                         "cpu_ms_per_frame": round((user + system) * 1e3 / frames, 1),
-                         "minor_faults_per_frame": round(faults / frames)}
-        ours = sum(v["cpu_s"] for v in out.values())
-        other = after["machine"][0] - before["machine"][0] - ours
-        out["other_processes"] = {"cpu_s": round(other, 3), "cores_busy": round(other / wall_s, 2)}
-        return out
-
-
-def minor_faults(pid):
-    """Minor page faults of a process so far (field 10 of /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])
-
-
-def thread_cpu_s(native_id):
-    for t in psutil.Process().threads():
-        if t.id == native_id:
-            return t.user_time + t.system_time
-    return float("nan")
+def cpu_delta(before, after, wall_s, frames):
+    """Two CpuMeter samples as CPU ms and page faults per frame, per process group."""
+    out = {}
+    for name in after:
+        if name == "machine":
+            continue
+        user, system, faults = (a - b for a, b in zip(after[name], before[name], strict=True))
+        out[name] = {"cpu_s": round(user + system, 3), "sys_s": round(system, 3),
+                     "cores_busy": round((user + system) / wall_s, 2),
+                     "cpu_ms_per_frame": round((user + system) * 1e3 / frames, 1),
+                     "minor_faults_per_frame": round(faults / frames)}
+    ours = sum(v["cpu_s"] for v in out.values())
+    other = after["machine"][0] - before["machine"][0] - ours
+    out["other_processes"] = {"cpu_s": round(other, 3), "cores_busy": round(other / wall_s, 2)}
+    return out
 
 
 def output_check(kafka, topics, frames):
@@ -400,7 +364,7 @@ def run_streamz(kafka, client, n, cpu):
         "first_output_s": round(state["first_out"] - t_first, 3),
         "committed_offset": committed.get((INPUT, 0)),
         "dask": counts_delta(before_counts, after_counts, n),
-        "cpu": CpuMeter.delta(before_cpu, after_cpu, wall, n),
+        "cpu": cpu_delta(before_cpu, after_cpu, wall, n),
         "outputs": check,
     }
     return result, pop_palettes(check)
@@ -540,7 +504,7 @@ def run_streamimg(kafka, client, n, cpu, topology_path=None):
                          "build_ms_per_batch": round(stats["build_ms"] / max(1, batches), 2),
                          "commit_ms_per_batch": round(stats["commit_ms"] / max(1, batches), 2)},
         "dask": counts_delta(before_counts, after_counts, n),
-        "cpu": CpuMeter.delta(before_cpu, after_cpu, wall, n),
+        "cpu": cpu_delta(before_cpu, after_cpu, wall, n),
         "outputs": check,
         "dead_letters": len(dlq),
         "timeline": {  # seconds from partition assignment; durations in ms

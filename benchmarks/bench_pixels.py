@@ -70,6 +70,8 @@ from distributed import Client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import CpuMeter, log, thread_cpu_s  # noqa: E402
+
 import streamimg  # noqa: E402
 from streamimg.admin import committed_offsets, ensure_topics, read_topic  # noqa: E402
 from streamimg.assembly import PixelAssembler, PixelFrames  # noqa: E402
@@ -91,10 +93,6 @@ TOL = 1e-9
 KERNELS = (("blur", kernels.box(3)), ("log", kernels.laplacian_of_gaussian(1.4, 11)))
 BIG_QUEUE = {"queue.buffering.max.messages": 2_000_000,
              "queue.buffering.max.kbytes": 2_097_151}
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def camera_frames(size, n):
@@ -273,39 +271,14 @@ def prefixes_delta(before, after, frames):
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["compute_s"]))
 
 
-class CpuMeter:
-    """CPU seconds (user+system) of this process, the broker and the Dask workers."""
-
-    def __init__(self, broker_pid, worker_pids):
-        self.groups = {"main": [os.getpid()], "broker": [broker_pid], "workers": worker_pids}
-
-    def sample(self):
-        out = {}
-        for name, pids in self.groups.items():
-            total = 0.0
-            for pid in pids:
-                try:
-                    t = psutil.Process(pid).cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            out[name] = total
-        return out
-
-    @staticmethod
-    def delta(before, after, wall_s, pixels):
-        return {name: {"cpu_s": round(after[name] - before[name], 3),
-                       "cores_busy": round((after[name] - before[name]) / wall_s, 2),
-                       "us_per_input_pixel": round((after[name] - before[name]) * 1e6 / pixels,
-                                                   2)}
-                for name in after}
-
-
-def thread_cpu_s(native_id):
-    for t in psutil.Process().threads():
-        if t.id == native_id:
-            return t.user_time + t.system_time
-    return float("nan")
+def cpu_delta(before, after, wall_s, pixels):
+    """Two CpuMeter samples as CPU seconds and us per input pixel, per process group."""
+    out = {}
+    for name in ("main", "broker", "workers"):
+        cpu = sum(after[name][:2]) - sum(before[name][:2])
+        out[name] = {"cpu_s": round(cpu, 3), "cores_busy": round(cpu / wall_s, 2),
+                     "us_per_input_pixel": round(cpu * 1e6 / pixels, 2)}
+    return out
 
 
 def file_topology(tmp, uid, input_topic):
@@ -438,7 +411,7 @@ def run_streamimg(kafka, client, cpu, tmp, input_topic, n_pixels, n_frames, size
                                            for k, v in busy.items()},
         "poll_thread_cpu_s": round(poll_cpu, 3),
         "dask_prefixes": prefixes_delta(before_prefixes, after_prefixes, n_frames),
-        "cpu": CpuMeter.delta(before_cpu, after_cpu, wall, n_pixels),
+        "cpu": cpu_delta(before_cpu, after_cpu, wall, n_pixels),
         "timeline": {"submits": [[round(s - t_start, 3), round(d * 1e3, 1), k]
                                  for s, d, k in daemon.submits],
                      "commits": [[round(e - t_start, 3), round(d * 1e3, 1), round(c * 1e3, 1),
