@@ -40,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from streamimg.batching import DeadLetter, FrameInfo, Taken, array_block
+from streamimg.batching import Batch, DeadLetter, FrameInfo
 from streamimg.codecs.frame import FrameHeader, encode_frame
 from streamimg.codecs.pixel import PixelDecodeError, decode_pixel
 from streamimg.config import ConfigError
+from streamimg.worker import array_block
 
 STATE_VERSION = 1
 
@@ -196,7 +197,7 @@ class PixelAssembler:
             self._mark_ready(key, frame)
         return None
 
-    def take(self) -> Taken | None:
+    def take(self) -> Batch | None:
         """Hand over assembled frames and dead letters when a batch is due; else None."""
         now = time.monotonic()
         window = self.config.window_ms / 1e3
@@ -215,7 +216,7 @@ class PixelAssembler:
         ready, self._ready = self._ready[: self.max_frames], self._ready[self.max_frames:]
         dead, self._dead = self._dead, []
         self._due_since = now if self._ready else None
-        taken = Taken([], [], dead, {}, decode=array_block)
+        taken = Batch([], [], dead, {}, decode=array_block)
         for (name, index), f in ready:
             missing = int(f.values.size - f.count)
             header = FrameHeader(name, index, f.timestamp_ms, self.config.height,

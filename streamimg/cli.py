@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -130,8 +131,19 @@ def cmd_run(args) -> int:
     print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
     daemon = Daemon(topology, kafka, client, group=args.group, instance=args.instance,
                     stats_path=Path(args.stats_file) if args.stats_file else None)
+    signals = []
+
+    def on_signal(signum, frame):
+        # The first SIGINT/SIGTERM drains and commits what is in flight; a second one
+        # ends the process at once (nothing uncommitted is lost: it is read again).
+        signals.append(signum)
+        if len(signals) > 1:
+            print("streamimg run: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        daemon.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: daemon.stop())
+        signal.signal(sig, on_signal)
     try:
         return daemon.run()
     finally:

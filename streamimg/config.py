@@ -136,16 +136,23 @@ class BatchConfig:
     max_wait_ms : int
         A non-empty batch closes this many ms after its first frame arrived.
     max_in_flight : int
-        Batches computing on Dask at once; commits stay in input order.
+        Batches submitted and not yet committed; commits stay in input order.
+    max_in_flight_bytes : int
+        Bound on the payload bytes of those batches (what the workers and the
+        transaction hold). At either bound the consumer stops taking new
+        messages and, if the bound holds for a second, pauses its partitions
+        while it keeps polling (heartbeats and rebalances go on).
     """
 
     max_frames: int = 8
     max_wait_ms: int = 100
     max_in_flight: int = 4
+    max_in_flight_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("max_frames", 1, 10_000), ("max_wait_ms", 0, 3_600_000),
-                             ("max_in_flight", 1, 1_000)):
+                             ("max_in_flight", 1, 1_000),
+                             ("max_in_flight_bytes", 1024, 1 << 40)):
             value = getattr(self, name)
             if not isinstance(value, int) or not lo <= value <= hi:
                 raise ConfigError(f"{name}={value!r} must be an integer in [{lo}, {hi}]")

@@ -1,27 +1,40 @@
 """The long-running daemon: poll Kafka, compute on Dask, commit in order, exactly-once.
 
-One thread drives everything, so there are no locks and the order of events
-is easy to follow:
+The daemon only schedules. Its thread (the poll thread) does four things, none
+of them heavy:
 
 1. poll the consumer (``read_committed``, auto-commit off) and feed the
-   topology's batcher, which closes a batch at ``max_frames`` frames or
-   ``max_wait_ms`` (frame messages), or when frames are assembled (pixels);
-2. build the :class:`~streamimg.batching.Batch` (payloads scattered to the
-   workers) and emit it into the topology, which only builds Dask graphs;
-   hand the per-frame outputs to Dask (``client.compute``);
-3. when the oldest batch in flight is done, commit it through the
-   :class:`~streamimg.sinks.checkpoint.Checkpoint`: outputs, dead letters and
-   the batch's next offsets in one transaction. At most ``max_in_flight``
-   batches compute at once; commits stay in input order.
+   topology's batcher, which closes a :class:`~streamimg.batching.Batch` at
+   ``max_frames`` frames or ``max_wait_ms`` (frame messages), or when frames
+   are assembled (pixels);
+2. submit the batch as one task per chunk, one chunk per worker thread
+   (:func:`streamimg.worker.run_chunk` with the payloads as arguments, so Dask
+   can rerun a chunk on another worker when one dies);
+3. when the oldest batch's chunks are done, hand the records, dead letters and
+   offsets as a :class:`~streamimg.sinks.checkpoint.FinishedBatch` to the
+   :class:`~streamimg.sinks.checkpoint.Committer`, a thread that commits
+   batches in input order while polling and computing go on;
+4. read the committer's outcomes: count committed batches; after an abort,
+   discard the work in flight and rewind the consumer to the committed offsets.
 
-Heavy work never runs here: decoding, filters, analytics and encoding run on
-the workers and only encoded results come back.
+Backpressure: batches handed out and not yet committed are bounded in count
+(``max_in_flight``) and payload bytes (``max_in_flight_bytes``). At a bound the
+daemon takes no new messages; if the bound holds for a second it pauses its
+partitions, and it keeps calling ``consume`` so heartbeats and rebalances go on.
 
-Rebalances: before partitions are revoked, every batch in flight is finished
-and committed, and frames read but not yet batched from the revoked
-partitions are dropped (their offsets were not committed, so the next owner
-reads them). An aborted transaction discards everything in flight and rewinds
-the consumer to the committed offsets. A fenced producer stops the daemon.
+Failures: whatever user code raises on a frame is that frame's dead letter
+(caught on the worker). A chunk task that fails as a whole (a worker died, the
+result was lost) is infrastructure, never a bad frame: it is resubmitted from
+the payloads the daemon still holds, up to ``chunk_retries`` times, and then
+the batch is discarded and the consumer rewound, as after an abort. Fenced or
+fatal Kafka errors stop the daemon with exit code 3; so do more than
+``max_aborts`` aborts in a row, and a transactional call that hangs past its
+bound (a watchdog checks).
+
+Rebalances: on revoke, every batch in flight is finished and committed within
+``drain_timeout_s``; past that, all work in flight is discarded (never
+committed later) and the partitions kept are rewound. On lost, nothing is
+committed. On assign, positions and state come from the committed offsets.
 """
 
 from __future__ import annotations
@@ -29,11 +42,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,26 +55,35 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from distributed import Client, Future, wait
 
 from streamimg.admin import ensure_topics, partitions_of, read_record
-from streamimg.batching import Batch, DeadLetter, FrameInfo, Taken, build_batch, frame_task
-from streamimg.codecs.frame import FrameDecodeError
+from streamimg.batching import Batch, DeadLetter
 from streamimg.config import KafkaConfig
-from streamimg.sinks.checkpoint import Checkpoint, FatalKafkaError, TransactionAborted
-from streamimg.sinks.records import dead_letter_record, lineage_headers
+from streamimg.sinks.checkpoint import (
+    Checkpoint,
+    Committer,
+    FatalKafkaError,
+    FinishedBatch,
+    Outcome,
+)
 from streamimg.topology import Topology
+from streamimg.worker import ChunkResult, run_chunk
 
 log = logging.getLogger("streamimg.daemon")
 
-EXIT_OK, EXIT_FATAL = 0, 3
+EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
 
 
 @dataclass
 class InFlight:
-    """A batch computing on Dask: one future per frame, each yielding records per sink."""
+    """A batch computing on Dask: one future per chunk of frames ``bounds[j]``."""
 
+    seq: int
+    epoch: int
     batch: Batch
-    taken: Taken
+    bounds: list[tuple[int, int]]
     futures: list[Future]
-    sinks: list[str]
+    attempts: list[int]
+    nbytes: int
+    created: float
 
 
 @dataclass
@@ -76,8 +98,9 @@ class Stats:
     records_out: int = 0
     batches_committed: int = 0
     batches_aborted: int = 0
+    chunks_resubmitted: int = 0
     rebalances: int = 0
-    build_ms: float = 0.0
+    pauses: int = 0
     commit_ms: float = 0.0
     last_commit: float = 0.0
 
@@ -92,6 +115,7 @@ class Daemon:
     Parameters
     ----------
     topology : Topology
+        Checked (compiled and run on a synthetic frame) here.
     kafka : KafkaConfig
     client : distributed.Client
         The Dask cluster that computes the batches.
@@ -106,12 +130,28 @@ class Daemon:
         On stop or revoke, how long batches in flight may take to finish (s).
     stats_path : Path, optional
         Where to write :class:`Stats` as JSON after each commit (for the demo).
+    on_commit : callable, optional
+        Called on the poll thread with each batch's
+        :class:`~streamimg.sinks.checkpoint.Outcome` (committed or aborted):
+        the public hook for metrics and benchmarks.
+    chunk_retries, max_aborts : int
+        Resubmissions of a chunk whose task failed as a whole, and aborted
+        transactions in a row, before the daemon gives up (see module docstring).
+
+    Raises
+    ------
+    TopologyError
+        If the topology fails its start-up check.
     """
 
     def __init__(self, topology: Topology, kafka: KafkaConfig, client: Client, *,
                  group: str | None = None, instance: str = "0",
-                 drain_timeout_s: float = 60.0, stats_path: Path | None = None):
+                 drain_timeout_s: float = 60.0, stats_path: Path | None = None,
+                 on_commit: Callable[[Outcome], None] | None = None,
+                 chunk_retries: int = 3, max_aborts: int = 5):
         self.topology = topology
+        self.program = topology.check()
+        self._token, self._blob = self.program.pickled()
         self.kafka = kafka
         self.client = client
         self.group = group or topology.name
@@ -121,12 +161,21 @@ class Daemon:
         self.drain_timeout_s = drain_timeout_s
         self.stats_path = stats_path
         self.stats = Stats(run=self.run_id)
+        self.on_commit = on_commit
+        self.chunk_retries = chunk_retries
+        self.max_aborts = max_aborts
         self._stop = threading.Event()
         self._inflight: deque[InFlight] = deque()
+        self._handed: dict[int, int] = {}  # seq -> payload bytes, handed to the committer
         self._batcher = topology.make_batcher()
         self._seq = 0
+        self._epoch = 0
+        self._aborts_in_a_row = 0
+        self._bound_since: float | None = None
+        self._paused: list[TopicPartition] = []
+        self._threads = (0.0, 1)  # (monotonic time read, worker threads)
         self._consumer: Consumer | None = None
-        self._checkpoint: Checkpoint | None = None
+        self._committer: Committer | None = None
 
     def stop(self) -> None:
         """Ask the loop to stop: no new polling; batches in flight finish and commit."""
@@ -147,8 +196,9 @@ class Daemon:
         ensure_topics(self.kafka, [*t.inputs, *t.output_topics, t.dlq_topic], t.partitions)
         if t.state_topic:  # one state partition per input partition
             ensure_topics(self.kafka, [t.state_topic], len(partitions_of(self.kafka, t.inputs[0])))
-        self._checkpoint = Checkpoint(self.kafka.producer(self.transactional_id))
-        self._checkpoint.start()  # fences an older instance before we read anything
+        checkpoint = Checkpoint(self.kafka.producer(self.transactional_id))
+        checkpoint.start()  # fences an older instance before we read anything
+        self._committer = Committer(checkpoint)
         self._consumer = Consumer(self.kafka.consumer(
             self.group, f"{self.transactional_id}-{self.run_id}"))
         self._consumer.subscribe(t.inputs, on_assign=self._on_assign,
@@ -158,157 +208,279 @@ class Daemon:
         code = EXIT_OK
         try:
             self._loop()
-            self._drain()
-        except _Rewound:
-            log.warning("stopping after an aborted batch; its offsets stay uncommitted")
+            if not self._drain(self.drain_timeout_s):
+                log.warning("work in flight did not finish in %.0f s; its offsets stay "
+                            "uncommitted", self.drain_timeout_s)
         except FatalKafkaError as exc:
             log.error("stopping: %s", exc)
             code = EXIT_FATAL
         finally:
-            self._discard_inflight()
+            self._discard()
+            hung = not self._committer.stop(checkpoint.timeout_s)
+            if hung:
+                log.error("a transactional Kafka call is still blocked; exiting without it")
+                code = EXIT_FATAL
             try:
-                t0 = time.monotonic()
                 self._consumer.close()  # leaves the group: partitions move at once
-                log.debug("consumer closed in %.1f s", time.monotonic() - t0)
             finally:
-                t0 = time.monotonic()
-                self._checkpoint.close(abandon=code == EXIT_FATAL)
-                log.debug("producer closed in %.1f s", time.monotonic() - t0)
+                if not hung:
+                    checkpoint.close(abandon=code == EXIT_FATAL)
                 self.topology.destroy()
                 self._write_stats()
         log.info("run %s stopped: %s", self.run_id, json.dumps(self.stats.to_dict()))
         return code
 
     def _loop(self) -> None:
-        max_in_flight = self.topology.batching.max_in_flight
         batcher = self._batcher
         while not self._stop.is_set():
-            try:
-                self._commit_ready()
-            except _Rewound:
+            self._handle_outcomes()
+            self._hand_over_ready()
+            self._watchdog()
+            if self._at_bound():
+                self._backpressure()
                 continue
-            if len(self._inflight) >= max_in_flight:
-                self._wait_head(0.1)
-                continue
-            timeout = min(batcher.wait_s(), 0.01 if self._inflight else 0.1)
+            self._resume()
+            timeout = min(batcher.wait_s(), 0.005 if self._inflight else 0.1)
             for m in self._consumer.consume(num_messages=max(1, batcher.room()),
                                             timeout=timeout):
-                if m.error():
-                    self._on_consumer_error(m.error())
-                    continue
-                batcher.add(m)
-            taken = batcher.take()
-            if taken is not None:
-                self._submit(taken)
+                self._add(m)
+            batch = batcher.take()
+            if batch is not None:
+                self._submit(batch)
 
-    def _on_consumer_error(self, err: KafkaError) -> None:
-        if err.fatal():
+    def _add(self, m: Any) -> None:
+        err = m.error()
+        if err is None:
+            self._batcher.add(m)
+        elif err.fatal():
             raise FatalKafkaError(f"consumer: {err.str()}")
-        log.warning("consumer: %s", err.str())
+        elif err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer: %s", err.str())
 
     # -- batches -----------------------------------------------------------------------
 
-    def _submit(self, taken: Taken) -> None:
-        start = time.perf_counter()
+    def _worker_threads(self) -> int:
+        read, n = self._threads
+        if time.monotonic() - read > 2.0:  # one scheduler round trip every 2 s at most
+            try:
+                n = max(1, sum(self.client.nthreads().values()))
+            except Exception as exc:  # noqa: BLE001 - keep the last count; submit will tell
+                log.warning("cannot read the cluster's threads: %s", exc)
+            self._threads = (time.monotonic(), n)
+        return n
+
+    def _submit(self, batch: Batch) -> None:
         self._seq += 1
-        batch = build_batch(self._seq, taken,
-                            scatter=lambda p: self.client.scatter(p, hash=False))
-        futures: list[Future] = []
-        sinks: list[str] = []
-        try:
-            self.topology.source.emit(batch)
-            sinks = [sink.topic for sink in batch.outputs.per_sink]
-            per_frame = [frame_task(batch, i, f"frame-{uuid.uuid4().hex}")
-                         for i in range(len(batch.frames))]
-            # fifo_timeout=0: older batches first. The default (60 s) gives every batch
-            # of the last minute the same priority, so batches finished together and the
-            # workers idled while they committed (first commit 1.6-3.7 s -> 0.9-1.3 s).
-            futures = self.client.compute(per_frame, fifo_timeout=0) if sinks else []
-        except Exception as exc:  # the pipeline itself failed on this batch: dead-letter it
-            log.exception("topology failed on batch %d", self._seq)
-            dead = tuple(_dead(info, taken.original(i), "topology", exc)
-                         for i, info in enumerate(batch.frames))
-            batch = dataclasses.replace(batch, frames=(), groups=(), dead=batch.dead + dead)
-            futures, sinks = [], []
-        self._inflight.append(InFlight(batch, taken, futures, sinks))
-        self.stats.frames_in += len(taken.frames) + len(taken.dead)
-        self.stats.build_ms += (time.perf_counter() - start) * 1e3
+        n = len(batch.frames)
+        self.stats.frames_in += n + len(batch.dead)
+        k = min(n, self._worker_threads())
+        bounds = [(j * n // k, (j + 1) * n // k) for j in range(k)] if n else []
+        nbytes = sum(_nbytes(p) for p in batch.payloads)
+        item = InFlight(self._seq, self._epoch, batch, bounds, [], [0] * len(bounds), nbytes,
+                        time.time())
+        item.futures = [self._submit_chunk(item, j) for j in range(len(bounds))]
+        self._inflight.append(item)
 
-    def _wait_head(self, timeout_s: float) -> None:
-        try:
-            wait(self._inflight[0].futures, timeout=timeout_s)
-        except TimeoutError:
-            pass
+    def _submit_chunk(self, item: InFlight, j: int) -> Future:
+        lo, hi = item.bounds[j]
+        b = item.batch
+        # Payloads travel as task arguments: the scheduler keeps them with the task and
+        # reruns it on another worker if this one dies. Older batches run first.
+        return self.client.submit(
+            run_chunk, self._token, self._blob, b.frames[lo:hi], b.payloads[lo:hi], b.decode,
+            self.run_id, key=f"{self.topology.name}-chunk-{uuid.uuid4().hex}",
+            pure=False, priority=-item.seq)
 
-    def _commit_ready(self) -> None:
+    def _hand_over_ready(self) -> None:
+        """Hand every finished batch at the head of the queue to the committer."""
         while self._inflight and all(f.done() for f in self._inflight[0].futures):
-            self._commit(self._inflight[0])
+            item = self._inflight[0]
+            if not self._collect(item):
+                return
             self._inflight.popleft()
 
-    def _commit(self, item: InFlight) -> None:
-        batch, run = item.batch, self.run_id
-        records: list[tuple[str, bytes | None, bytes | None, list]] = []
-        dead = list(batch.dead)
-        done = [f for f in item.futures if f.status == "finished"]
-        frames_out = len(done)
-        results = iter(self.client.gather(done)) if done else iter(())
-        for i, (info, fut) in enumerate(zip(batch.frames, item.futures, strict=True)):
-            if fut.status != "finished":
-                exc = fut.exception()
-                stage = "decode" if isinstance(exc, FrameDecodeError) else "process"
-                dead.append(_dead(info, item.taken.original(i), stage, exc))
-                continue
-            lineage = lineage_headers(info.topic, info.partition, info.offset, run)
-            for topic, recs in zip(item.sinks, pickle.loads(next(results)), strict=True):
-                records.extend((topic, k, v, h + lineage) for k, v, h in recs)
-        dlq = self.topology.dlq_topic
-        records.extend((dlq, *dead_letter_record(d, run)) for d in dead)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(item.taken.offsets.items())]
-        states = [(self.topology.state_topic, p, v) for p, v in sorted(item.taken.states.items())]
-        try:
-            self._checkpoint.commit(records, offsets, self._consumer.consumer_group_metadata(),
-                                    states)
-        except TransactionAborted as exc:
-            log.warning("batch %d aborted (%s); rewinding to committed offsets", batch.seq, exc)
-            self.stats.batches_aborted += 1
-            self._rewind()
-            raise _Rewound() from None
-        for d in dead:
+    def _collect(self, item: InFlight) -> bool:
+        lost = [j for j, f in enumerate(item.futures) if f.status != "finished"]
+        results: list[ChunkResult] = []
+        if not lost:
+            try:
+                results = self.client.gather(item.futures)
+            except Exception as exc:  # noqa: BLE001 - a worker died under the gather
+                log.warning("batch %d: gathering failed (%s: %s)", item.seq,
+                            type(exc).__name__, exc)
+                lost = [j for j, f in enumerate(item.futures) if f.status != "finished"]
+                lost = lost or list(range(len(item.futures)))
+        if lost:
+            for j in lost:
+                fut = item.futures[j]
+                why = _task_error(fut)
+                if item.attempts[j] >= self.chunk_retries:
+                    log.error("batch %d: chunk %d failed %d times (%s); discarding the work in "
+                              "flight and rewinding", item.seq, j, item.attempts[j] + 1, why)
+                    self._failed_in_a_row()
+                    self._rewind()
+                    return False
+                item.attempts[j] += 1
+                self.stats.chunks_resubmitted += 1
+                log.warning("batch %d: chunk %d lost (%s); resubmitting (attempt %d)",
+                            item.seq, j, why, item.attempts[j] + 1)
+                item.futures[j] = self._submit_chunk(item, j)
+            return False
+        b = item.batch
+        records: list[tuple[str, Any, Any, list]] = []
+        for s, topic in enumerate(self.program.topics):
+            for r in results:
+                records.extend((topic, k, v, h) for k, v, h in r.records[s])
+        dead = list(b.dead)
+        for (lo, _), r in zip(item.bounds, results, strict=True):
+            for i, stage, reason in r.failures:
+                info, (key, value, headers) = b.frames[lo + i], b.original(lo + i)
+                where = "decode" if stage == "decode" else "process"
+                why = reason if stage in ("decode", "process") else f"{stage}: {reason}"
+                dead.append(DeadLetter(info.topic, info.partition, info.offset, key, value,
+                                       list(headers or ()), where, why))
+        self._handed[item.seq] = item.nbytes
+        self._committer.put(FinishedBatch(
+            item.seq, item.epoch, self.run_id, len(b.frames) - (len(dead) - len(b.dead)),
+            records, dead, self.topology.dlq_topic, b.offsets,
+            self._consumer.consumer_group_metadata(), b.states, self.topology.state_topic,
+            item.created))
+        return True
+
+    def _handle_outcomes(self, wait_s: float = 0.0) -> None:
+        for o in self._committer.outcomes(wait_s):
+            self._handed.pop(o.batch.seq, None)
+            if o.status == "committed":
+                self._committed(o)
+            elif o.status == "aborted":
+                self.stats.batches_aborted += 1
+                log.warning("batch %d aborted (%s); rewinding to committed offsets",
+                            o.batch.seq, o.error)
+                if self.on_commit is not None:
+                    self.on_commit(o)
+                if o.batch.epoch == self._epoch:
+                    self._failed_in_a_row()
+                    self._rewind()
+            elif o.status == "fatal":
+                raise FatalKafkaError(o.error)
+
+    def _committed(self, o: Outcome) -> None:
+        b = o.batch
+        self._aborts_in_a_row = 0
+        for d in b.dead:
             log.warning("dead letter %s[%d]@%d (%s): %s", d.topic, d.partition, d.offset,
                         d.stage, d.reason)
-        self.stats.frames_out += frames_out  # counted once committed, not when computed
-        self.stats.dead_letters += len(dead)
-        self.stats.records_out += len(records)
+        self.stats.frames_out += b.frames
+        self.stats.dead_letters += len(b.dead)
+        self.stats.records_out += len(b.records) + len(b.dead)
         self.stats.batches_committed += 1
-        self.stats.commit_ms = self._checkpoint.commit_ms_total
+        self.stats.commit_ms += o.ms
         self.stats.last_commit = time.time()
+        if self.on_commit is not None:
+            self.on_commit(o)
         self._write_stats()
 
-    def _drain(self) -> None:
-        """Finish and commit every batch in flight (within ``drain_timeout_s``)."""
-        deadline = time.monotonic() + self.drain_timeout_s
-        while self._inflight and time.monotonic() < deadline:
-            self._wait_head(min(0.1, max(0.0, deadline - time.monotonic())))
-            self._commit_ready()
-        if self._inflight:
-            log.warning("%d batches did not finish in %.0f s; their offsets stay uncommitted",
-                        len(self._inflight), self.drain_timeout_s)
+    def _failed_in_a_row(self) -> None:
+        self._aborts_in_a_row += 1
+        if self._aborts_in_a_row > self.max_aborts:
+            raise FatalKafkaError(f"{self._aborts_in_a_row} batches in a row failed or were "
+                                  "aborted; giving up (nothing of them was committed)")
 
-    def _discard_inflight(self) -> None:
+    # -- backpressure and the watchdog ---------------------------------------------------
+
+    def _open(self) -> tuple[int, int]:
+        batches = len(self._inflight) + len(self._handed)
+        return batches, sum(i.nbytes for i in self._inflight) + sum(self._handed.values())
+
+    def _at_bound(self) -> bool:
+        cfg = self.topology.batching
+        batches, nbytes = self._open()
+        at = batches >= cfg.max_in_flight or (batches > 0 and nbytes >= cfg.max_in_flight_bytes)
+        if not at:
+            self._bound_since = None
+        elif self._bound_since is None:
+            self._bound_since = time.monotonic()
+        return at
+
+    def _backpressure(self) -> None:
+        if self._inflight:
+            try:
+                wait(self._inflight[0].futures, timeout=0.05, return_when="FIRST_COMPLETED")
+            except Exception:  # noqa: BLE001 - timeouts and cancelled futures alike: look again
+                pass
+        else:
+            self._handle_outcomes(wait_s=0.05)
+        if self._bound_since is not None and time.monotonic() - self._bound_since > 1.0:
+            if not self._paused:
+                # Pausing drops librdkafka's prefetched messages (they are fetched again on
+                # resume), so only a bound that holds for a second pauses.
+                self._paused = list(self._consumer.assignment())
+                if self._paused:
+                    self._consumer.pause(self._paused)
+                    self.stats.pauses += 1
+                    log.info("backpressure: pausing %d partitions", len(self._paused))
+            for m in self._consumer.consume(num_messages=1, timeout=0):
+                self._add(m)  # keeps the group alive; a paused consumer returns nothing
+
+    def _resume(self) -> None:
+        if self._paused:
+            assigned = set(self._consumer.assignment())
+            self._consumer.resume([tp for tp in self._paused if tp in assigned])
+            self._paused = []
+
+    def _watchdog(self) -> None:
+        started = self._committer.call_started
+        cp = self._committer.checkpoint
+        bound = cp.timeout_s * (cp.retries + 2) + 10.0
+        if started is not None and time.monotonic() - started > bound:
+            raise FatalKafkaError(f"a transaction has been blocked in a Kafka call for more than "
+                                  f"{bound:.0f} s (broker unreachable?)")
+
+    # -- discarding and rewinding --------------------------------------------------------
+
+    def _discard(self) -> None:
+        """Forget all work in flight: it will never be committed."""
+        self._epoch += 1
+        if self._committer is not None:
+            self._committer.discard_before(self._epoch)
         for item in self._inflight:
-            self.client.cancel(item.futures)
+            try:
+                self.client.cancel(item.futures)
+            except Exception as exc:  # noqa: BLE001 - cancelling is best effort
+                log.debug("cancel failed: %s", exc)
         self._inflight.clear()
         self._batcher.drop(None)
 
-    def _rewind(self) -> None:
-        self._discard_inflight()
-        assigned = self._consumer.assignment()
+    def _rewind(self, partitions: list[TopicPartition] | None = None) -> None:
+        """Discard work in flight; seek ``partitions`` (all assigned) to the committed offsets."""
+        self._discard()
+        bound = self._committer.checkpoint.timeout_s * 2
+        if not self._committer.wait_idle(bound):
+            raise FatalKafkaError(f"the committer did not finish within {bound:.0f} s")
+        self._handle_outcomes()
+        assigned = partitions if partitions is not None else self._consumer.assignment()
         if not assigned:
             return
         self._restore_state(assigned)
         for tp in self._consumer.committed(assigned, timeout=30):
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _drain(self, timeout_s: float) -> bool:
+        """Finish and commit every batch in flight within ``timeout_s``; False if not all did."""
+        deadline = time.monotonic() + timeout_s
+        while self._inflight or self._committer.pending:
+            if time.monotonic() > deadline:
+                return False
+            self._hand_over_ready()
+            if self._inflight:
+                try:
+                    wait(self._inflight[0].futures, timeout=0.05, return_when="FIRST_COMPLETED")
+                except Exception:  # noqa: BLE001
+                    pass
+            self._handle_outcomes(wait_s=0.0 if self._inflight else 0.05)
+        self._handle_outcomes()
+        return True
 
     def _restore_state(self, partitions: list[TopicPartition]) -> None:
         """Give the batcher the state committed with each partition's offsets (pixels only).
@@ -334,17 +506,22 @@ class Daemon:
         self._restore_state(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("revoking %s", [(p.topic, p.partition) for p in partitions])
-        try:
-            self._drain()
-        except _Rewound:
-            pass
-        self._batcher.drop({(p.topic, p.partition) for p in partitions})
+        revoked = {(p.topic, p.partition) for p in partitions}
+        log.info("revoking %s", sorted(revoked))
+        self._resume()
+        if not self._drain(self.drain_timeout_s):
+            log.warning("revoke: work in flight did not finish in %.0f s; discarding it",
+                        self.drain_timeout_s)
+            kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in revoked]
+            self._rewind(kept)
+        self._batcher.drop(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("lost %s: discarding work in flight", [(p.topic, p.partition)
-                                                             for p in partitions])
-        self._discard_inflight()
+        lost = {(p.topic, p.partition) for p in partitions}
+        log.warning("lost %s: discarding work in flight", sorted(lost))
+        self._resume()
+        kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in lost]
+        self._rewind(kept)
 
     def _write_stats(self) -> None:
         if self.stats_path:
@@ -353,12 +530,15 @@ class Daemon:
             tmp.replace(self.stats_path)
 
 
-class _Rewound(Exception):
-    """Internal: a batch was aborted and the consumer rewound; restart the loop step."""
+def _nbytes(payload: Any) -> int:
+    return int(getattr(payload, "nbytes", None) or len(payload))
 
 
-def _dead(info: FrameInfo, original: tuple, stage: str, exc: BaseException | None) -> DeadLetter:
-    reason = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-    key, value, headers = original
-    return DeadLetter(info.topic, info.partition, info.offset, key, value, list(headers or ()),
-                      stage, reason)
+def _task_error(fut: Future) -> str:
+    if fut.status == "error":
+        try:
+            exc = fut.exception(timeout=1)
+        except Exception as e:  # noqa: BLE001
+            exc = e
+        return f"{type(exc).__name__}: {exc}"
+    return fut.status

@@ -1,43 +1,43 @@
 """The chainable methods our topologies use, registered on ``streamz.Stream``.
 
-This module is the only one that registers anything; the base modules
-(batching, sources, sinks) do not import it, so there is no import cycle.
-``import streamimg`` imports it. Each method maps a
-:class:`~streamimg.batching.Batch` to a new batch lazily (Dask graphs only).
+This module is the only one that registers anything; the base modules do not
+import it, so there is no import cycle. ``import streamimg`` imports it.
 
-Names never shadow streamz's own methods (its ``to_kafka`` stays usable).
-Sinks (``to_kafka_*``) do not produce anything themselves: they add the
-records they want to the batch's outputs, and the daemon produces all of a
-batch's outputs in one transaction with its input offsets (exactly-once).
-They pass the batch on, so a pipeline can have several sinks.
+A topology's pipeline runs once, when the topology compiles (see
+``streamimg.plan``): each method maps a :class:`~streamimg.plan.Plan` to a new
+plan, and each sink is a node (:class:`KafkaSink`) whose ``update`` returns
+its :class:`~streamimg.plan.SinkSpec`, so ``source.emit(root)`` returns the
+sinks. Sinks pass the plan on, so a pipeline can have several sinks; the
+daemon produces all of a batch's records in one transaction with its input
+offsets (exactly-once). Names never shadow streamz's own methods (its
+``to_kafka`` stays usable).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import time
 from collections.abc import Callable
 from typing import Any
 
-import dask
 import numpy as np
 from streamz import Stream
 
 from streamimg.analytics import transforms as _transforms
 from streamimg.analytics.annotate import draw_detections, draw_palette
 from streamimg.analytics.palette import palette as _palette
-from streamimg.batching import Batch, FrameGroup, Sink, Step, Timed
 from streamimg.codecs.frame import ENCODINGS
 from streamimg.operators import kernels as _kernels
 from streamimg.operators.blur import gaussian_blur as _gaussian_blur
 from streamimg.operators.convolve import BOUNDARIES
 from streamimg.operators.convolve import convolve as _convolve
 from streamimg.operators.convolve import correlate as _correlate
-from streamimg.sinks.records import analytics_record, frame_records, pixel_records
+from streamimg.plan import Plan, SinkSpec
+from streamimg.sinks.records import analytics_records, frame_records, pixel_records
 from streamimg.sources.kafka import topology_of
 from streamimg.topology import TopologyError
+from streamimg.worker import Timed
 
 
 def _register(fn: Callable) -> Callable:
@@ -47,12 +47,18 @@ def _register(fn: Callable) -> Callable:
 
 @_register
 def gaussian_blur(stream: Stream, sigma: float, *, truncate: float = 4.0,
-                          mode: str = "reflect") -> Stream:
-    """Blur every frame (see ``streamimg.operators.blur.gaussian_blur``)."""
+                  mode: str = "reflect") -> Stream:
+    """Blur every frame (see ``streamimg.operators.blur.gaussian_blur``).
+
+    Raises
+    ------
+    TopologyError
+        For a non-positive ``sigma`` (pixels) or an unknown ``mode``.
+    """
     if not sigma > 0:
         raise TopologyError(f"gaussian_blur: sigma must be > 0 pixels, got {sigma}")
-    return stream.map(lambda b: b.map_frames(_gaussian_blur, sigma=sigma, truncate=truncate,
-                                             mode=mode))
+    return stream.map(lambda p: p.map_frames("gaussian_blur", _gaussian_blur, sigma=sigma,
+                                             truncate=truncate, mode=mode))
 
 
 @_register
@@ -61,7 +67,7 @@ def palette(stream: Stream, k: int = 5, sample: int = 10_000, seed: int = 0,
     """Add each frame's K-means palette as analytics ``name`` (see ``analytics.palette``)."""
     if k < 1 or sample < 1:
         raise TopologyError(f"palette: k={k} and sample={sample} must be >= 1")
-    return stream.map(lambda b: b.with_values(name, _palette, k=k, sample=sample, seed=seed))
+    return stream.map(lambda p: p.with_value(name, _palette, k=k, sample=sample, seed=seed))
 
 
 def _kernel_or_error(kernel: Any, what: str) -> np.ndarray:
@@ -76,7 +82,7 @@ def _filter_stream(stream: Stream, fn: Callable, what: str, kernel: Any, boundar
     k = _kernel_or_error(kernel, what)
     if boundary not in BOUNDARIES:
         raise TopologyError(f"{what}: boundary {boundary!r} not one of {BOUNDARIES}")
-    return stream.map(lambda b: b.map_frames(fn, kernel=k, boundary=boundary, cval=cval,
+    return stream.map(lambda p: p.map_frames(what, fn, kernel=k, boundary=boundary, cval=cval,
                                              output_dtype=output_dtype))
 
 
@@ -107,26 +113,12 @@ def _detect_frame(frame: np.ndarray, detector: Any) -> list:
     return detector.detect(frame)
 
 
-def _batch_call(frames: np.ndarray, obj: Any, method: str) -> Timed:
+def _batch_call(frames: np.ndarray, obj: Any, method: str) -> list[Timed]:
+    """``obj.<method>(frames (n, h, w, c))``, each frame's result with its share of the ms."""
     start = time.perf_counter()
-    value = getattr(obj, method)(frames)
-    return Timed(value, (time.perf_counter() - start) * 1e3 / max(1, len(frames)))
-
-
-def _pick(results: Timed, i: int) -> Timed:
-    return Timed(results.value[i], results.ms)
-
-
-def _values_by_group(batch: Batch, name: str, obj: Any, method: str) -> Batch:
-    """Run ``obj.<method>(frames (n, h, w, c))`` once per group; each frame picks its result."""
-    steps: list[Any] = [None] * len(batch.frames)
-    for g in batch.groups:
-        token = dask.base.tokenize(g.array.name, obj, method)
-        whole = dask.delayed(_batch_call, pure=True)(g.array, obj, method,
-                                                      dask_key_name=f"{name}-{token}")
-        for j, i in enumerate(g.index):
-            steps[i] = Step(_pick, whole, {"i": j}, block=False, timing=name)
-    return batch.with_steps(name, steps)
+    values = getattr(obj, method)(frames)
+    ms = (time.perf_counter() - start) * 1e3 / max(1, len(frames))
+    return [Timed(v, ms) for v in values]
 
 
 @_register
@@ -135,21 +127,26 @@ def detect(stream: Stream, detector: Any, name: str = "detections",
     """Add detections per frame as analytics ``name`` (list of Detection dicts).
 
     ``detector`` is any ``streamimg.analytics.detect.Detector`` (e.g.
-    ``FaceDetector()`` or ``OnnxDetector(path)``); it is pickled into the tasks
-    (a few hundred bytes) and its ONNX session loads once per worker process.
-    ``batched``: one inference call per group of frames (whole batches, as
-    ``OnnxDetector`` does when the model has a dynamic batch axis) or one per
-    frame, where the frame already is; by default the detector's own
-    ``batch_inference`` (False for ``FaceDetector``: CenterFace measured 1.1-4x
-    slower batched).
+    ``FaceDetector()`` or ``OnnxDetector(path)``); it is pickled with the
+    program (a few hundred bytes) and its ONNX session loads once per worker
+    process. ``batched``: one inference call for all frames of one shape in a
+    worker's chunk of the batch, or one per frame; by default the detector's
+    own ``batch_inference`` (False for ``FaceDetector``: CenterFace measured
+    1.1-4x slower batched).
+
+    Raises
+    ------
+    TopologyError
+        If ``detector`` has no ``detect``/``detect_batch``.
     """
     if not hasattr(detector, "detect") or not hasattr(detector, "detect_batch"):
         raise TopologyError(f"detect: {detector!r} is not a Detector (no detect/detect_batch)")
     if batched is None:
         batched = bool(getattr(detector, "batch_inference", True))
     if batched:
-        return stream.map(_values_by_group, name=name, obj=detector, method="detect_batch")
-    return stream.map(lambda b: b.with_values(name, _detect_frame, detector=detector))
+        return stream.map(lambda p: p.with_value(name, _batch_call, batched=True, obj=detector,
+                                                 method="detect_batch"))
+    return stream.map(lambda p: p.with_value(name, _detect_frame, detector=detector))
 
 
 @_register
@@ -166,13 +163,22 @@ def detect_faces(stream: Stream, name: str = "faces", **kwargs: Any) -> Stream:
 
 @_register
 def classify(stream: Stream, classifier: Any, name: str = "classes") -> Stream:
-    """Add top-k classifications per frame, one inference call per group of frames.
+    """Add top-k classifications per frame, one inference call per chunk of frames.
 
     ``classifier`` is an ``OnnxClassifier`` (it resizes to its input size itself).
     """
     if not hasattr(classifier, "classify_batch"):
         raise TopologyError(f"classify: {classifier!r} has no classify_batch")
-    return stream.map(_values_by_group, name=name, obj=classifier, method="classify_batch")
+    return stream.map(lambda p: p.with_value(name, _batch_call, batched=True, obj=classifier,
+                                             method="classify_batch"))
+
+
+def _transform(frames: Any, fn: Callable, kwargs: dict[str, Any]) -> Any:
+    """A frame transform over a Dask array of whole frames, one chunk per frame."""
+    shape, dtype = _out_meta(fn, tuple(sorted(kwargs.items())), frames.shape[1:],
+                             frames.dtype.str)
+    return frames.map_blocks(fn, **kwargs, chunks=((1,) * frames.shape[0], *[(n,) for n in shape]),
+                             dtype=dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -180,18 +186,6 @@ def _out_meta(fn: Callable, kwargs: tuple, shape: tuple, dtype: str) -> tuple[tu
     # Shape/dtype of fn's output, found once per input kind on a 1-frame zero batch.
     out = fn(np.zeros((1, *shape), dtype), **dict(kwargs))
     return out.shape[1:], out.dtype
-
-
-def _transform_batch(batch: Batch, fn: Callable, kwargs: dict[str, Any]) -> Batch:
-    groups = []
-    for g in batch.groups:
-        shape, dtype = _out_meta(fn, tuple(sorted(kwargs.items())), g.array.shape[1:],
-                                 g.array.dtype.str)
-        token = dask.base.tokenize(g.array.name, fn, kwargs)
-        arr = g.array.map_blocks(fn, **kwargs, chunks=((1,) * len(g.index), *[(n,) for n in shape]),
-                                 dtype=dtype, name=f"{fn.__name__}-{token}")
-        groups.append(FrameGroup(g.index, arr))
-    return dataclasses.replace(batch, groups=tuple(groups))
 
 
 def _register_transform(name: str) -> None:
@@ -204,7 +198,7 @@ def _register_transform(name: str) -> None:
             _out_meta(fn, tuple(sorted(kwargs.items())), (8, 8, 3), "|u1")
         except (ValueError, TypeError) as exc:
             raise TopologyError(f"{name}: {exc}") from None
-        return stream.map(_transform_batch, fn=fn, kwargs=kwargs)
+        return stream.map(lambda p: p.map_frames(name, _transform, fn=fn, kwargs=kwargs))
 
     method.__name__ = name
     method.__doc__ = (f"Apply ``streamimg.analytics.transforms.{name}`` to every frame "
@@ -228,25 +222,9 @@ def _annotate_frame(frame: np.ndarray, strip_height: int, detections_name: str |
         frame = draw_detections(frame, values[detections_name])
     if palette_name is not None:
         pal = values[palette_name]
-        frame = draw_palette(frame, pal.colors, pal.fractions, strip_height=strip_height)
+        strip = strip_height or max(16, frame.shape[0] // 8)
+        frame = draw_palette(frame, pal.colors, pal.fractions, strip_height=strip)
     return frame
-
-
-def _annotate_batch(batch: Batch, detections: str | None, palette: str | None) -> Batch:
-    needs = tuple(n for n in (detections, palette) if n is not None)
-    for name in needs:
-        if name not in batch.values:
-            raise ValueError(f"annotate: no analytics named {name!r} upstream "
-                             f"(have {sorted(batch.values)})")
-    if batch.drawn is not None:
-        raise ValueError("annotate appears twice in the pipeline")
-    drawn = tuple(
-        Step(_annotate_frame, block,
-             {"strip_height": max(16, info.header.height // 8) if palette else 0,
-              "detections_name": detections, "palette_name": palette}, needs=needs,
-             timing="annotate")
-        for block, info in zip(batch.frame_blocks(), batch.frames, strict=True))
-    return dataclasses.replace(batch, drawn=drawn)
 
 
 @_register
@@ -258,14 +236,29 @@ def annotate(stream: Stream, detections: str | None = "faces",
     strip = max(16, h // 8) pixels when a palette is drawn. Drawing runs in the
     frame's output task, so frame operators (filters, transforms) must come
     before it. ``detections``/``palette`` name analytics added upstream (None: skip).
+
+    Raises
+    ------
+    TopologyError
+        (when the topology compiles) if a named analytics value is not computed
+        upstream, or annotate appears twice.
     """
-    return stream.map(_annotate_batch, detections=detections, palette=palette)
+    needs = tuple(n for n in (detections, palette) if n is not None)
+    return stream.map(lambda p: p.with_drawing(_annotate_frame, needs, strip_height=0,
+                                               detections_name=detections,
+                                               palette_name=palette))
 
 
 @_register
 def map_frames(stream: Stream, fn: Callable[..., Any], **kwargs: Any) -> Stream:
-    """Apply ``fn(dask array (n, h, w, c), **kwargs) -> dask array`` to every batch."""
-    return stream.map(lambda b: b.map_frames(fn, **kwargs))
+    """Apply ``fn(frames: dask.array (n, h, w, c), **kwargs) -> dask.array`` to every frame.
+
+    ``fn`` must keep the leading frame axis and one chunk per frame (as
+    ``map_blocks`` and ``map_overlap`` do); it sees whole frames, so a
+    boundary handled inside it equals the boundary of the whole frame.
+    """
+    name = getattr(fn, "__name__", "map_frames")
+    return stream.map(lambda p: p.map_frames(name, fn, **kwargs))
 
 
 @_register
@@ -273,20 +266,35 @@ def analyze(stream: Stream, name: str, fn: Callable[..., Any], **kwargs: Any) ->
     """Add analytics ``name``: ``fn(frame (h, w, c) ndarray, **kwargs)`` per frame, on workers.
 
     The result must be JSON-serialisable or have ``to_dict()``; an ``ms``
-    attribute is reported in ``timings_ms``.
+    attribute is reported in the ``streamimg.timings_ms`` header.
     """
-    return stream.map(lambda b: b.with_values(name, fn, **kwargs))
+    return stream.map(lambda p: p.with_value(name, fn, **kwargs))
 
 
-def _add_records(batch: Batch, topic: str, builder: Callable[..., list], timing: str,
-                 **kwargs: Any) -> Batch:
-    drawn = batch.drawn is not None
-    batch.outputs.add(Sink(topic, [
-        Step(builder, None if drawn else block, {"info": info, **kwargs}, drawn=drawn,
-             timing=timing)
-        for block, info in zip(batch.frame_blocks(), batch.frames, strict=True)],
-        batch.values, batch.drawn))
-    return batch
+class KafkaSink(Stream):
+    """A sink node: its ``update`` returns the :class:`~streamimg.plan.SinkSpec` of its plan.
+
+    The spec travels back to the source as emit's return value (streamz
+    collects what downstream nodes return); the plan is passed on downstream,
+    so sinks can be chained.
+    """
+
+    def __init__(self, upstream: Stream, topic: str, builder: Callable[..., list],
+                 analytics: bool = False, timing: str | None = None, **kwargs: Any):
+        self.topic, self.builder, self.analytics = topic, builder, analytics
+        self.timing, self.kwargs = timing, kwargs
+        super().__init__(upstream, stream_name=f"to {topic}")
+
+    def update(self, x: Plan, who: Any = None, metadata: Any = None) -> list:
+        """Return this sink's spec, then whatever the nodes downstream return."""
+        spec = SinkSpec(self.topic, self.builder, self.kwargs, x, self.analytics, self.timing)
+        return [spec, *self._emit(x, metadata=metadata)]
+
+
+def _sink(stream: Stream, topic: str, builder: Callable[..., list], **kwargs: Any) -> Stream:
+    topo = topology_of(stream)
+    topic = topo.add_output(topic)
+    return topo.add_sink(KafkaSink(stream, topic, builder, **kwargs), topic)
 
 
 @_register
@@ -301,31 +309,16 @@ def to_kafka_frames(stream: Stream, encoding: str = "jpeg", topic: str | None = 
     """
     if encoding not in ENCODINGS:
         raise TopologyError(f"to_kafka_frames: encoding {encoding!r} not one of {ENCODINGS}")
-    topo = topology_of(stream)
-    topic = topo.add_output(topic or topo.frames_topic)
-    return topo.add_sink(stream.map(_add_records, topic=topic, builder=frame_records,
-                                    timing="encode", encoding=encoding,
-                                    jpeg_quality=jpeg_quality), topic)
-
-
-def _analytics_step(_: Any, info: Any, timings: dict[str, float], **values: Any) -> list:
-    return analytics_record(info, values, timings)
-
-
-def _add_analytics(batch: Batch, topic: str) -> Batch:
-    needs = (*batch.values, "timings")
-    batch.outputs.add(Sink(topic, [Step(_analytics_step, None, {"info": info}, needs=needs)
-                                   for info in batch.frames], batch.values, None,
-                           analytics=True))
-    return batch
+    topic = topic or topology_of(stream).frames_topic
+    return _sink(stream, topic, frame_records, timing="encode", encoding=encoding,
+                 jpeg_quality=jpeg_quality)
 
 
 @_register
 def to_kafka_analytics(stream: Stream, topic: str | None = None) -> Stream:
     """Sink: one JSON analytics record per frame to ``topic`` (default ``<name>.analytics``)."""
-    topo = topology_of(stream)
-    topic = topo.add_output(topic or topo.analytics_topic)
-    return topo.add_sink(stream.map(_add_analytics, topic=topic), topic)
+    return _sink(stream, topic or topology_of(stream).analytics_topic, analytics_records,
+                 analytics=True)
 
 
 @_register
@@ -335,21 +328,15 @@ def to_kafka_pixels(stream: Stream, topic: str, binary: bool = False) -> Stream:
     Text ``name;frame;x;y;v`` or the binary layout of ``streamimg.codecs.pixel``;
     key = image name. Missing pixels of incomplete assembled frames are skipped.
     """
-    topo = topology_of(stream)
-    topo.add_output(topic)
-    return topo.add_sink(stream.map(_add_records, topic=topic, builder=pixel_records,
-                                    timing="encode_pixels", binary=binary), topic)
+    return _sink(stream, topic, pixel_records, timing="encode_pixels", binary=binary)
 
 
 @_register
 def to_kafka_records(stream: Stream, topic: str,
-             records: Callable[..., list[tuple[bytes | None, bytes | None, list]]],
-             **kwargs: Any) -> Stream:
+                     records: Callable[..., list[tuple[bytes | None, bytes | None, list]]],
+                     **kwargs: Any) -> Stream:
     """Sink: ``records(frame (h, w, c), info: FrameInfo, **kwargs)`` per frame to ``topic``.
 
     ``records`` runs on a worker and returns a list of ``(key, value, headers)``.
     """
-    topo = topology_of(stream)
-    topo.add_output(topic)
-    return topo.add_sink(stream.map(_add_records, topic=topic, builder=records,
-                                    timing=f"records:{topic}", **kwargs), topic)
+    return _sink(stream, topic, records, timing=f"records:{topic}", **kwargs)

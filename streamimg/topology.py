@@ -11,21 +11,30 @@ A topology is a plain Python file that assigns a module-level ``topology``::
         .to_kafka_frames(encoding="jpeg")
         .to_kafka_analytics())
 
-``streamimg run FILE`` loads it with :func:`load_topology`, which fails with a
-:class:`TopologyError` before any Kafka client starts.
+``streamimg run FILE`` loads it with :func:`load_topology`, which compiles
+the pipeline into a :class:`~streamimg.plan.Program` and runs it once on a
+synthetic frame of the declared input (``frame_shape``, ``frame_dtype``), so a
+pipeline mistake (annotate before a filter, an unknown analytics name, a
+float frame into a PNG sink) fails with a :class:`TopologyError` before any
+Kafka client starts.
 """
 
 from __future__ import annotations
 
+import logging
 import runpy
 from pathlib import Path
 
+import numpy as np
 from streamz import Stream
 
 from streamimg.assembly import PixelAssembler, PixelFrames
-from streamimg.batching import MessageBatcher
+from streamimg.batching import FrameInfo, MessageBatcher
+from streamimg.codecs.frame import FrameHeader
 from streamimg.config import BatchConfig, ConfigError, check_topic
+from streamimg.plan import Plan, PlanError, Program
 from streamimg.sources.kafka import FrameSource
+from streamimg.worker import array_block, run_program
 
 
 class TopologyError(ValueError):
@@ -44,13 +53,19 @@ class Topology:
         legal Kafka topic name.
     inputs : str or list of str
         Topics carrying frame messages (see ``streamimg.codecs.frame``).
-    max_frames, max_wait_ms, max_in_flight : int
-        Batching, see :class:`~streamimg.config.BatchConfig`.
+    max_frames, max_wait_ms, max_in_flight, max_in_flight_bytes : int
+        Batching and backpressure, see :class:`~streamimg.config.BatchConfig`.
     partitions : int
         Partitions for topics the daemon has to create (inputs or outputs).
     pixels : PixelFrames, optional
         The inputs carry pixel messages (``name;frame;x;y;v``) to assemble into
         frames of this size; exactly one input topic. Frame messages when None.
+    frame_shape : (height, width, channels), optional
+        The input frames' shape in pixels, for the start-up check (a synthetic
+        frame runs through the pipeline before anything is consumed); (48, 64, 3)
+        when not given, the pixel frame size for pixel topologies.
+    frame_dtype : str
+        The input frames' dtype for the same check.
 
     Raises
     ------
@@ -59,13 +74,16 @@ class Topology:
     """
 
     def __init__(self, name: str, inputs: str | list[str], *, max_frames: int = 8,
-                 max_wait_ms: int = 100, max_in_flight: int = 4, partitions: int = 1,
-                 pixels: PixelFrames | None = None):
+                 max_wait_ms: int = 100, max_in_flight: int = 4,
+                 max_in_flight_bytes: int = 512 * 1024 * 1024, partitions: int = 1,
+                 pixels: PixelFrames | None = None,
+                 frame_shape: tuple[int, int, int] | None = None, frame_dtype: str = "uint8"):
         try:
             self.name = check_topic(name, "topology name")
             self.inputs = [check_topic(t, "input topic") for t in
                            ([inputs] if isinstance(inputs, str) else list(inputs))]
-            self.batching = BatchConfig(max_frames, max_wait_ms, max_in_flight)
+            self.batching = BatchConfig(max_frames, max_wait_ms, max_in_flight,
+                                        max_in_flight_bytes)
         except ConfigError as exc:
             raise TopologyError(str(exc)) from None
         if not self.inputs:
@@ -78,6 +96,17 @@ class Topology:
         if pixels is not None and len(self.inputs) != 1:
             raise TopologyError(f"a pixel topology reads exactly one topic, got {self.inputs}")
         self.pixels = pixels
+        if pixels is not None:
+            frame_shape, frame_dtype = (pixels.height, pixels.width, 1), pixels.dtype
+        shape = tuple(frame_shape) if frame_shape is not None else (48, 64, 3)
+        if len(shape) != 3 or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise TopologyError(f"frame_shape={frame_shape!r} must be (height, width, "
+                                "channels) in pixels, each >= 1")
+        try:
+            self.frame_dtype = np.dtype(frame_dtype)
+        except TypeError:
+            raise TopologyError(f"frame_dtype={frame_dtype!r} is not a NumPy dtype") from None
+        self.frame_shape = shape
         self.output_topics: set[str] = set()
         # streamz links downstream nodes by weak reference: without these strong
         # references a pipeline ending in sinks of ours would be garbage-collected.
@@ -134,6 +163,60 @@ class Topology:
         self.output_topics.add(topic)
         return topic
 
+    def compile(self) -> Program:
+        """Run the pipeline once on the root plan; return its :class:`~streamimg.plan.Program`.
+
+        Raises
+        ------
+        TopologyError
+            If the pipeline is put together wrongly (a frame operator after
+            annotate, an analytics name used twice or missing) or has no sink.
+        """
+        streamz_log = logging.getLogger("streamz.core")
+        level = streamz_log.level
+        streamz_log.setLevel(logging.CRITICAL)  # streamz logs every exception in map nodes
+        try:
+            sinks = self.source.emit(Plan())
+        except (PlanError, TopologyError) as exc:
+            raise TopologyError(f"topology {self.name!r}: {exc}") from None
+        finally:
+            streamz_log.setLevel(level)
+        if not sinks:
+            raise TopologyError(f"topology {self.name!r} has no Kafka sink (to_kafka_frames, "
+                                "to_kafka_analytics, to_kafka_pixels or to_kafka_records)")
+        return Program(self.name, tuple(sinks))
+
+    def check(self) -> Program:
+        """Compile, then run the program on one synthetic frame of the declared input.
+
+        The frame is mid-grey noise of ``frame_shape`` and ``frame_dtype``
+        (seeded); every operator, value, drawing step and sink runs on it here,
+        in this process, so mistakes surface at start-up and not per batch.
+
+        Raises
+        ------
+        TopologyError
+            Naming the stage that failed and why.
+        """
+        program = self.compile()
+        rng = np.random.default_rng(0)
+        if self.frame_dtype.kind == "f":
+            frame = rng.uniform(0, 255, self.frame_shape).astype(self.frame_dtype)
+        else:
+            frame = rng.integers(0, 256, self.frame_shape).astype(self.frame_dtype)
+        h, w, c = self.frame_shape
+        order = {1: "GRAY", 3: "RGB", 4: "RGBA"}.get(c, "RGB")
+        header = FrameHeader("start-up-check", 0, 0, h, w, c, self.frame_dtype.name, "raw", order)
+        info = FrameInfo(self.inputs[0], 0, 0, b"start-up-check", header)
+        result = run_program(program, [info], [frame], array_block, "check")
+        if result.failures:
+            _, stage, reason = result.failures[0]
+            raise TopologyError(
+                f"topology {self.name!r} fails on a synthetic {h}x{w}x{c} {self.frame_dtype} "
+                f"frame at {stage}: {reason} (declare frame_shape/frame_dtype in Topology(...) "
+                "if the input differs)")
+        return program
+
     def nodes(self) -> list[Stream]:
         """Every streamz node of the pipeline, source first."""
         out, todo, seen = [], [self.source], set()
@@ -176,7 +259,8 @@ def load_topology(path: str | Path) -> Topology:
     if not isinstance(topology, Topology):
         raise TopologyError(f"{path}: must assign a streamimg.Topology to a module-level "
                             f"`topology`, found {type(topology).__name__}")
-    if not topology.output_topics:
-        raise TopologyError(f"{path}: topology {topology.name!r} has no Kafka sink (to_kafka_"
-                            "frames, to_kafka_analytics, to_kafka_pixels or to_kafka_records)")
+    try:
+        topology.check()
+    except TopologyError as exc:
+        raise TopologyError(f"{path}: {exc}") from None
     return topology

@@ -1,10 +1,14 @@
 """Checkpoint: one object owning the whole lifecycle of a batch's Kafka transaction.
 
-All Kafka transaction logic of the package lives here. For each batch, in
-input order: begin, produce every output and dead letter, send the batch's
-next offsets with the consumer group's metadata, commit. The consumer never
-commits by itself (auto-commit is off), so an input offset moves exactly when
-its outputs become visible to ``read_committed`` readers: exactly-once.
+All Kafka transaction logic of the package lives here. The daemon hands a
+:class:`FinishedBatch` (records per sink, dead letters, next offsets, operator
+state) to the :class:`Committer`, a thread that commits batches one after the
+other in input order while the daemon keeps polling and computing. For each
+batch: begin, produce the state records, every output and dead letter, send
+the batch's next offsets with the consumer group's metadata, commit. The
+consumer never commits by itself (auto-commit is off), so an input offset
+moves exactly when its outputs become visible to ``read_committed`` readers:
+exactly-once.
 
 Errors, as librdkafka classifies them (KIP-98, KIP-447):
 - retriable (a broker timeout during commit): the same call is retried, up to
@@ -19,13 +23,19 @@ Errors, as librdkafka classifies them (KIP-98, KIP-447):
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from streamimg.admin import produce
+from streamimg.batching import DeadLetter
+from streamimg.faults import crash_point
+from streamimg.sinks.records import dead_letter_record
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,47 @@ class TransactionAborted(RuntimeError):
 
 class FatalKafkaError(RuntimeError):
     """The producer cannot go on (fenced, or a fatal idempotence error)."""
+
+
+@dataclass
+class FinishedBatch:
+    """A computed batch, ready to become one transaction.
+
+    ``records`` are ``(topic, key, value, headers)`` in production order (per
+    sink, frames in input order, lineage headers already stamped on the
+    workers); ``dead`` are the batch's dead letters (for ``dlq_topic``); ``offsets`` the next
+    offsets to commit, ``{(topic, partition): offset}``; ``states`` operator
+    state per input partition for ``state_topic``. ``epoch`` is the daemon's
+    epoch when the batch was submitted: the committer drops batches of an
+    epoch that was discarded (after an abort, a revoke or a lost assignment).
+    ``group_metadata`` comes from the consumer when the batch is handed over.
+    """
+
+    seq: int
+    epoch: int
+    run: str
+    frames: int
+    records: list[tuple[str, bytes | None, bytes | None, list]]
+    dead: list[DeadLetter]
+    dlq_topic: str
+    offsets: dict[tuple[str, int], int]
+    group_metadata: Any
+    states: dict[int, bytes] = field(default_factory=dict)
+    state_topic: str | None = None
+    created: float = 0.0  # time.time() when the batch closed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a handed-over batch: ``committed``, ``aborted``, ``dropped`` or ``fatal``.
+
+    ``ms`` is the time the transaction took; ``error`` the reason, if any.
+    """
+
+    batch: FinishedBatch
+    status: str
+    ms: float = 0.0
+    error: str = ""
 
 
 class Checkpoint:
@@ -106,18 +157,36 @@ class Checkpoint:
         start = time.perf_counter()
         self._call(self._producer.begin_transaction, during="begin_transaction")
         try:
+            crash_point("after_begin")
             offsets = list(offsets) + self._produce_states(list(states))
             for topic, key, value, headers in records:
                 self._produce(topic, key, value, headers)
+            self._flush()  # every record acknowledged before the offsets join the transaction
+            crash_point("after_produce")
             self._call(self._producer.send_offsets_to_transaction, offsets, group_metadata,
                        self.timeout_s, during="send_offsets_to_transaction")
+            crash_point("before_commit")
             self._call(self._producer.commit_transaction, self.timeout_s,
                        during="commit_transaction")
+            crash_point("after_commit")
         except TransactionAborted:
             self._abort()
             raise
         self.committed += 1
         self.commit_ms_total += (time.perf_counter() - start) * 1e3
+
+    def commit_batch(self, batch: FinishedBatch) -> None:
+        """Commit ``batch``: its records, dead letters, states and offsets in one transaction.
+
+        Raises
+        ------
+        TransactionAborted, FatalKafkaError
+            As :meth:`commit`.
+        """
+        dlq = [(batch.dlq_topic, *dead_letter_record(d, batch.run)) for d in batch.dead]
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(batch.offsets.items())]
+        states = [(batch.state_topic, p, v) for p, v in sorted(batch.states.items())]
+        self.commit([*batch.records, *dlq], offsets, batch.group_metadata, states)
 
     def _produce_states(self, states: list[tuple[str, int, bytes]]) -> list[TopicPartition]:
         if not states:
@@ -142,19 +211,33 @@ class Checkpoint:
         """Flush the producer; an open transaction is left to be fenced or to time out.
 
         ``abandon`` (after a fatal error): drop queued records instead of waiting
-        for deliveries that a fenced producer can never make.
+        for deliveries that a fenced producer can never make. Never raises: a
+        fenced or broken producer raises its fatal error from ``flush``, and at
+        close there is nothing left to do about it but say so.
         """
-        if abandon:
-            self._producer.purge()
-            self._producer.flush(1.0)
-        else:
-            self._producer.flush(self.timeout_s)
+        try:
+            if abandon:
+                self._producer.purge()
+                self._producer.flush(1.0)
+            else:
+                self._producer.flush(self.timeout_s)
+        except KafkaException as exc:
+            log.info("producer closed with %s", exc.args[0].str())
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list) -> None:
         try:
             produce(self._producer, topic, value=value, key=key, headers=headers)
         except KafkaException as exc:
             self._raise(exc.args[0], "produce")
+
+    def _flush(self) -> None:
+        try:
+            left = self._producer.flush(self.timeout_s)
+        except KafkaException as exc:
+            self._raise(exc.args[0], "flush")
+        if left:
+            raise TransactionAborted(f"flush: {left} records not acknowledged in "
+                                     f"{self.timeout_s:.0f} s")
 
     def _abort(self) -> None:
         self.aborted += 1
@@ -184,3 +267,117 @@ class Checkpoint:
                 f"{during}: {err.str()} — transactional.id {self.transactional_id!r} is fenced "
                 "or broken; another instance with the same id has probably started") from None
         raise TransactionAborted(f"{during}: {err.str()}") from None
+
+
+class Committer:
+    """A thread that commits handed-over batches in order through a :class:`Checkpoint`.
+
+    :meth:`put` queues a batch; every batch ends in one :class:`Outcome`, read
+    with :meth:`outcomes` on the daemon's thread. After an abort, the batches
+    of the same epoch still queued are dropped (their offsets follow the
+    aborted batch's, so committing them would skip its input); after a fatal
+    error every later batch is dropped. :meth:`discard_before` drops queued
+    batches of older epochs when the daemon discards its work in flight.
+    """
+
+    def __init__(self, checkpoint: Checkpoint,
+                 on_outcome: Callable[[Outcome], None] | None = None):
+        self.checkpoint = checkpoint
+        self._queue: queue.Queue[FinishedBatch | None] = queue.Queue()
+        self._outcomes: queue.Queue[Outcome] = queue.Queue()
+        self._floor = 0           # batches of an epoch below this are dropped
+        self._fatal = False
+        self._busy = 0            # batches put and not yet given an outcome
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self.call_started: float | None = None  # monotonic start of the commit under way
+        self._on_outcome = on_outcome
+        self._thread = threading.Thread(target=self._run, name="streamimg-committer",
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, batch: FinishedBatch) -> None:
+        """Queue ``batch`` for commit (after every batch put before it)."""
+        with self._lock:
+            self._busy += 1
+        self._queue.put(batch)
+
+    def discard_before(self, epoch: int) -> None:
+        """Drop queued batches of epochs below ``epoch`` instead of committing them."""
+        with self._lock:
+            self._floor = max(self._floor, epoch)
+
+    def outcomes(self, wait_s: float = 0.0) -> list[Outcome]:
+        """Outcomes since the last call, in commit order; waits up to ``wait_s`` for one."""
+        out = []
+        if wait_s > 0:
+            try:
+                out.append(self._outcomes.get(timeout=wait_s))
+            except queue.Empty:
+                return out
+        while True:
+            try:
+                out.append(self._outcomes.get_nowait())
+            except queue.Empty:
+                return out
+
+    @property
+    def pending(self) -> int:
+        """Batches put and not yet given an outcome."""
+        with self._lock:
+            return self._busy
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until every batch put has an outcome; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s)
+
+    def stop(self, timeout_s: float) -> bool:
+        """End the thread after the queued batches; False if it is still in a Kafka call."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            with self._lock:
+                drop = self._fatal or batch.epoch < self._floor
+            if drop:
+                self._done(Outcome(batch, "dropped"))
+                continue
+            start = time.perf_counter()
+            self.call_started = time.monotonic()
+            try:
+                self.checkpoint.commit_batch(batch)
+                outcome = Outcome(batch, "committed", _ms(start))
+            except TransactionAborted as exc:
+                with self._lock:
+                    self._floor = max(self._floor, batch.epoch + 1)
+                outcome = Outcome(batch, "aborted", _ms(start), str(exc))
+            except FatalKafkaError as exc:
+                with self._lock:
+                    self._fatal = True
+                outcome = Outcome(batch, "fatal", _ms(start), str(exc))
+            except Exception as exc:  # noqa: BLE001 - never let the thread die silently
+                log.exception("commit of batch %d failed", batch.seq)
+                with self._lock:
+                    self._fatal = True
+                outcome = Outcome(batch, "fatal", _ms(start), f"{type(exc).__name__}: {exc}")
+            finally:
+                self.call_started = None
+            self._done(outcome)
+
+    def _done(self, outcome: Outcome) -> None:
+        self._outcomes.put(outcome)
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamimg.batching import DeadLetter, FrameInfo
 from streamimg.codecs.frame import encode_frame
 from streamimg.codecs.pixel import frame_to_pixels
+
+if TYPE_CHECKING:
+    from streamimg.batching import DeadLetter, FrameInfo
 
 ANALYTICS_SCHEMA = 1
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
@@ -121,13 +123,14 @@ def analytics_record(info: FrameInfo, values: dict[str, Any],
 
         {"schema": 1, "stream": str, "frame": int, "timestamp_ms": int,
          "shape": [h, w, c], "source": {"topic", "partition", "offset"},
-         "<name>": <value of each analytics stage>, ...,
-         "timings_ms": {"<name>": ms, ...}}
+         "<name>": <value of each analytics stage>, ...}
 
-    ``timings`` (ms per stage for this frame, measured where the stages ran)
-    becomes ``timings_ms``; without it, each value's ``ms`` attribute. The
-    daemon's run id travels in the ``streamimg.run`` header only, so the JSON of
-    a frame is the same in every run (exactly-once output is well defined).
+    ``timings`` (ms per stage for this frame, measured where the stages ran:
+    ``decode``, each operator, each analytics stage, ``annotate``, ``encode``)
+    goes to the ``streamimg.timings_ms`` header as a JSON object; without it,
+    each value's ``ms`` attribute. Timings and the daemon's run id travel in
+    headers only, so the JSON of a frame is byte-identical in every run
+    (exactly-once output is well defined).
     """
     h = info.header
     body: dict[str, Any] = {"schema": ANALYTICS_SCHEMA, "stream": h.stream, "frame": h.frame,
@@ -140,7 +143,15 @@ def analytics_record(info: FrameInfo, values: dict[str, Any],
         body[name] = _jsonable(value)
         if getattr(value, "ms", None) is not None:
             own[name] = round(float(value.ms), 3)
-    body["timings_ms"] = dict(timings) if timings is not None else own
+    ms = dict(timings) if timings is not None else own
     value = json.dumps(body, separators=(",", ":"), sort_keys=False).encode()
     return [(info.key, value, [("content-type", b"application/json"),
-                               ("streamimg.schema", b"1")])]
+                               ("streamimg.schema", b"1"),
+                               ("streamimg.timings_ms",
+                                json.dumps(ms, separators=(",", ":")).encode())])]
+
+
+def analytics_records(frame: None, info: FrameInfo, *, values: dict[str, Any],
+                      timings: dict[str, float]) -> list[Record]:
+    """The analytics sink's builder (see :class:`~streamimg.plan.SinkSpec`)."""
+    return analytics_record(info, values, timings)

@@ -1,10 +1,9 @@
 """The head of every topology: a streamz node fed with batches read from Kafka.
 
-The daemon owns the consumer (see ``streamimg.daemon``): it polls, closes a
-batch at ``max_frames`` frames or ``max_wait_ms`` after its first frame, turns
-it into a :class:`~streamimg.batching.Batch` and calls :meth:`FrameSource.emit`.
-Emitting only builds Dask graphs (microseconds per frame); the work runs on
-the Dask workers, never on the poll loop.
+The daemon owns the consumer (see ``streamimg.daemon``). The source node
+stands for the decoded input frames when the topology compiles: it emits the
+root :class:`~streamimg.plan.Plan` once and returns what the sinks returned
+(see ``streamimg.plan``); batches themselves never pass through streamz.
 """
 
 from __future__ import annotations
@@ -18,16 +17,18 @@ if TYPE_CHECKING:
 
 
 class FrameSource(Stream):
-    """Source node of a topology; emits :class:`~streamimg.batching.Batch` objects.
+    """Source node of a topology; chain operators from it like any streamz stream.
 
-    Chain operators from it like any streamz stream::
-
-        topology.source.gaussian_blur(2.0).palette().to_kafka_frames()
+    For example ``topology.source.gaussian_blur(2.0).palette().to_kafka_frames()``.
     """
 
     def __init__(self, topology: Topology, **kwargs):
         self.topology = topology
         super().__init__(stream_name=f"{topology.name}.source", **kwargs)
+
+    def emit(self, x, asynchronous=False, metadata=None) -> list:
+        """Push ``x`` downstream and return what the downstream nodes returned."""
+        return self._emit(x, metadata=metadata)
 
 
 def topology_of(stream: Stream) -> Topology:

@@ -1,0 +1,179 @@
+"""The plan a topology compiles to: what happens to every frame, as plain data.
+
+A topology's streamz pipeline runs once, when the topology loads: the source
+emits the root :class:`Plan`, every node derives a new plan from the one it
+receives (an array operator, a named per-frame value, a drawing step) and
+every sink node returns a :class:`SinkSpec`. ``source.emit(root)`` returns what
+the downstream nodes returned (streamz collects return values), so the sinks
+come back as a value: the :class:`Program`. No batch ever flows through
+streamz and nothing mutates a plan; plans share their prefixes.
+
+The program is pickled once and runs on the Dask workers, one task per chunk of
+a batch (``streamimg.worker``). Nothing here touches Kafka or the cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import cloudpickle
+
+
+class PlanError(ValueError):
+    """A pipeline is put together wrongly (e.g. a frame operator after ``annotate``)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayOp:
+    """A frame operator: ``fn(frames: dask.array (n, h, w, c), **kwargs) -> dask.array``.
+
+    ``fn`` keeps the leading frame axis; the worker builds its graph once per
+    input shape and dtype and runs it on each frame with Dask's synchronous
+    scheduler (see ``streamimg.worker``). ``name`` labels its ms in timings.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True, eq=False)
+class Frames:
+    """The frames at one point of a pipeline: ``op`` applied to ``parent``'s frames.
+
+    The root (no parent, no op) stands for the decoded input frames. Plans that
+    differ only in values or drawing share one ``Frames``, so a worker computes
+    each point's frames once.
+    """
+
+    parent: Frames | None = None
+    op: ArrayOp | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ValueOp:
+    """A named per-frame value (analytics) computed from the frames of ``source``.
+
+    Per frame: ``fn(frame (h, w, c), **kwargs)``. When ``batched``:
+    ``fn(frames (n, h, w, c), **kwargs)`` returns one value per frame for all
+    frames of one shape in a chunk (batched inference).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+    source: Frames
+    batched: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class DrawOp:
+    """Drawing on the output frame: ``fn(frame (h, w, c), **kwargs, **{n: value})``."""
+
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+    source: Frames
+    needs: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """The frames at one point of a pipeline, with the values and drawing known there.
+
+    The root plan (``Plan()``) stands for the decoded input frames.
+    """
+
+    frames: Frames = field(default_factory=Frames)
+    values: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    drawn: DrawOp | None = None
+
+    def map_frames(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> Plan:
+        """A plan whose frames are ``fn(frames, **kwargs)`` of this plan's.
+
+        Raises
+        ------
+        PlanError
+            After ``annotate``: drawing happens on the output frames, so frame
+            operators must come before it.
+        """
+        if self.drawn is not None:
+            raise PlanError(f"{name}: frame operators must come before annotate (it draws "
+                            "on the output frames)")
+        return Plan(Frames(self.frames, ArrayOp(name, fn, dict(kwargs))), self.values, None)
+
+    def with_value(self, name: str, fn: Callable[..., Any], *, batched: bool = False,
+                   **kwargs: Any) -> Plan:
+        """A plan that also knows value ``name`` of every frame (computed from these frames).
+
+        Raises
+        ------
+        PlanError
+            If a value ``name`` exists upstream already.
+        """
+        if name in self.values:
+            raise PlanError(f"analytics name {name!r} is used twice in the pipeline")
+        values = {**self.values, name: ValueOp(name, fn, dict(kwargs), self.frames, batched)}
+        return Plan(self.frames, MappingProxyType(values), self.drawn)
+
+    def with_drawing(self, fn: Callable[..., Any], needs: tuple[str, ...],
+                     **kwargs: Any) -> Plan:
+        """A plan whose output frames are drawn by ``fn`` with the values ``needs``.
+
+        Raises
+        ------
+        PlanError
+            If a needed value is not computed upstream, or drawing appears twice.
+        """
+        for name in needs:
+            if name not in self.values:
+                raise PlanError(f"annotate: no analytics named {name!r} upstream "
+                                f"(have {sorted(self.values)})")
+        if self.drawn is not None:
+            raise PlanError("annotate appears twice in the pipeline")
+        return Plan(self.frames, self.values, DrawOp(fn, dict(kwargs), self.frames, needs))
+
+
+@dataclass(frozen=True, eq=False)
+class SinkSpec:
+    """What a sink writes for every frame: ``builder(frame, info, **kwargs)`` -> records.
+
+    ``frame`` is the (h, w, c) frame of ``plan`` (drawn, if the plan draws), or
+    None for ``analytics`` sinks, whose builder gets ``values=`` (every value of
+    ``plan`` for the frame) and ``timings=`` (ms per stage) instead. Records
+    are ``(key, value, headers)`` for ``topic``. ``timing`` labels the
+    builder's ms (None: not timed).
+    """
+
+    topic: str
+    builder: Callable[..., list]
+    kwargs: dict[str, Any]
+    plan: Plan
+    analytics: bool = False
+    timing: str | None = None
+
+
+@dataclass(frozen=True)
+class Program:
+    """Everything a worker needs to process frames: the sinks, and through them the plans.
+
+    ``blob`` is the program pickled once (cloudpickle: functions defined in a
+    topology file travel by value) and ``token`` its SHA-1; workers cache the
+    unpickled program by token.
+    """
+
+    name: str
+    sinks: tuple[SinkSpec, ...]
+
+    @property
+    def topics(self) -> list[str]:
+        """Output topics in sink order."""
+        return [s.topic for s in self.sinks]
+
+    def pickled(self) -> tuple[str, bytes]:
+        """``(token, blob)``: the program as bytes for the workers, and their SHA-1."""
+        blob = cloudpickle.dumps(self)
+        return hashlib.sha1(blob).hexdigest(), blob
