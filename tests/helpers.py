@@ -35,16 +35,18 @@ def write_topology(path: Path, name: str, inputs: str, body: str, **batching) ->
 
 
 def start_daemon(topology: Path, kafka: KafkaConfig, cluster, log: Path, instance: str = "0",
-                 extra: list[str] = ()) -> subprocess.Popen:
-    """Start ``streamimg run`` as a child process on the shared cluster."""
+                 extra: list[str] = (), env: dict[str, str] | None = None,
+                 scheduler: str | None = None) -> subprocess.Popen:
+    """Start ``streamimg run`` as a child process on the shared cluster (or ``scheduler``)."""
     cmd = [sys.executable, "-m", "streamimg.cli", "run", str(topology),
-           "--bootstrap", kafka.bootstrap, "--scheduler", cluster.scheduler_address,
-           "--instance", instance, *extra]
+           "--bootstrap", kafka.bootstrap,
+           "--scheduler", scheduler or cluster.scheduler_address, "--instance", instance, *extra]
     for k, v in TEST_KAFKA.items():
         cmd += ["--kafka", f"{k}={v}"]
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=ROOT, env=os.environ.copy())
+                                stdin=subprocess.DEVNULL, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
 
 
 def stop_process(proc: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 60) -> int:
