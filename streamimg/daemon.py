@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,25 @@ class InFlight:
     attempts: list[int]
     nbytes: int
     created: float
+
+
+class Listener:
+    """Observes a daemon (metrics, benchmarks, tests): override the methods you need.
+
+    Every method runs on the daemon's poll thread and must return quickly.
+    """
+
+    def assigned(self, partitions: list[tuple[str, int]]) -> None:
+        """Partitions ``(topic, partition)`` were assigned to this instance."""
+
+    def revoked(self, partitions: list[tuple[str, int]]) -> None:
+        """Partitions were revoked (or lost); their work in flight is finished or discarded."""
+
+    def submitted(self, seq: int, frames: int, nbytes: int, ms: float) -> None:
+        """Batch ``seq`` of ``frames`` frames (``nbytes`` payload bytes) went to Dask in ``ms``."""
+
+    def outcome(self, outcome: Outcome) -> None:
+        """A batch was committed or aborted (``outcome.status``; ``outcome.ms`` its transaction)."""
 
 
 @dataclass
@@ -130,9 +149,8 @@ class Daemon:
         On stop or revoke, how long batches in flight may take to finish (s).
     stats_path : Path, optional
         Where to write :class:`Stats` as JSON after each commit (for the demo).
-    on_commit : callable, optional
-        Called on the poll thread with each batch's
-        :class:`~streamimg.sinks.checkpoint.Outcome` (committed or aborted):
+    listeners : sequence of Listener
+        Observers of assignments, submitted batches and transaction outcomes:
         the public hook for metrics and benchmarks.
     chunk_retries, max_aborts : int
         Resubmissions of a chunk whose task failed as a whole, and aborted
@@ -147,7 +165,7 @@ class Daemon:
     def __init__(self, topology: Topology, kafka: KafkaConfig, client: Client, *,
                  group: str | None = None, instance: str = "0",
                  drain_timeout_s: float = 60.0, stats_path: Path | None = None,
-                 on_commit: Callable[[Outcome], None] | None = None,
+                 listeners: Sequence[Listener] = (),
                  chunk_retries: int = 3, max_aborts: int = 5):
         self.topology = topology
         self.program = topology.check()
@@ -161,7 +179,7 @@ class Daemon:
         self.drain_timeout_s = drain_timeout_s
         self.stats_path = stats_path
         self.stats = Stats(run=self.run_id)
-        self.on_commit = on_commit
+        self.listeners = list(listeners)
         self.chunk_retries = chunk_retries
         self.max_aborts = max_aborts
         self._stop = threading.Event()
@@ -270,6 +288,7 @@ class Daemon:
         return n
 
     def _submit(self, batch: Batch) -> None:
+        start = time.perf_counter()
         self._seq += 1
         n = len(batch.frames)
         self.stats.frames_in += n + len(batch.dead)
@@ -280,6 +299,9 @@ class Daemon:
                         time.time())
         item.futures = [self._submit_chunk(item, j) for j in range(len(bounds))]
         self._inflight.append(item)
+        ms = (time.perf_counter() - start) * 1e3
+        for listener in self.listeners:
+            listener.submitted(item.seq, n, nbytes, ms)
 
     def _submit_chunk(self, item: InFlight, j: int) -> Future:
         lo, hi = item.bounds[j]
@@ -356,8 +378,8 @@ class Daemon:
                 self.stats.batches_aborted += 1
                 log.warning("batch %d aborted (%s); rewinding to committed offsets",
                             o.batch.seq, o.error)
-                if self.on_commit is not None:
-                    self.on_commit(o)
+                for listener in self.listeners:
+                    listener.outcome(o)
                 if o.batch.epoch == self._epoch:
                     self._failed_in_a_row()
                     self._rewind()
@@ -376,8 +398,8 @@ class Daemon:
         self.stats.batches_committed += 1
         self.stats.commit_ms += o.ms
         self.stats.last_commit = time.time()
-        if self.on_commit is not None:
-            self.on_commit(o)
+        for listener in self.listeners:
+            listener.outcome(o)
         self._write_stats()
 
     def _failed_in_a_row(self) -> None:
@@ -504,6 +526,8 @@ class Daemon:
         self.stats.rebalances += 1
         log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         self._restore_state(partitions)
+        for listener in self.listeners:
+            listener.assigned([(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
@@ -515,6 +539,8 @@ class Daemon:
             kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in revoked]
             self._rewind(kept)
         self._batcher.drop(revoked)
+        for listener in self.listeners:
+            listener.revoked(sorted(revoked))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
@@ -522,6 +548,8 @@ class Daemon:
         self._resume()
         kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in lost]
         self._rewind(kept)
+        for listener in self.listeners:
+            listener.revoked(sorted(lost))
 
     def _write_stats(self) -> None:
         if self.stats_path:

@@ -1,0 +1,127 @@
+"""The core's promises: tasks per batch, polling while batches compute, start-up checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+from dask.utils import key_split
+
+import streamimg
+from streamimg.admin import committed_offsets, ensure_topics
+from streamimg.daemon import Daemon, Listener
+from streamimg.sources.video import SourceFrame, produce_frames
+from tests.harness.checker import check_exactly_once
+from tests.helpers import wait_until
+
+
+class Events(Listener):
+    def __init__(self):
+        self.assigned_n = self.revoked_n = 0
+        self.submitted_frames: list[int] = []
+        self.outcomes: list[str] = []
+
+    def assigned(self, partitions):
+        self.assigned_n += 1
+
+    def revoked(self, partitions):
+        self.revoked_n += 1
+
+    def submitted(self, seq, frames, nbytes, ms):
+        self.submitted_frames.append(frames)
+
+    def outcome(self, outcome):
+        self.outcomes.append(outcome.status)
+
+
+def run_to_end(topology, kafka, client, topic, ends, timeout_s=180):
+    events = Events()
+    daemon = Daemon(topology, kafka, client, drain_timeout_s=60, listeners=[events])
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
+    thread.start()
+    try:
+        wait_until(lambda: all(committed_offsets(kafka, topology.name, [topic]).get(
+            (topic, p), -1) >= e for p, e in ends.items()), timeout_s, "all committed")
+    finally:
+        daemon.stop()
+        thread.join(60)
+    assert result.get("code") == 0
+    return daemon, events
+
+
+def chunk_tasks(client, name):
+    """How many chunk tasks of topology ``name`` the scheduler has run so far."""
+    prefix = key_split(f"{name}-chunk-{'0' * 32}")
+
+    def count(dask_scheduler):
+        tp = dask_scheduler.task_prefixes.get(prefix)
+        return 0 if tp is None else int(tp.state_counts.get("processing", 0))
+    return client.run_on_scheduler(count)
+
+
+@pytest.mark.parametrize("max_frames", [2, 8])
+def test_a_batch_costs_one_task_per_worker_thread(kafka, client, bikes, uid, max_frames):
+    topic, name = f"in-{uid}", f"tasks-{uid}"
+    ensure_topics(kafka, [topic])
+    ends = produce_frames(kafka, topic, (SourceFrame(i, i, f) for i, f in enumerate(bikes[:16])),
+                          stream="s")
+    topology = streamimg.Topology(name, inputs=topic, max_frames=max_frames, max_wait_ms=200)
+    topology.source.gaussian_blur(1.0).palette(k=3).to_kafka_frames("raw").to_kafka_analytics()
+    before = chunk_tasks(client, name)
+    _, events = run_to_end(topology, kafka, client, topic, ends)
+    threads = sum(client.nthreads().values())
+    expected = sum(min(n, threads) for n in events.submitted_frames)
+    assert sum(events.submitted_frames) == 16
+    # One task per chunk, one chunk per worker thread: the graph does not grow with the
+    # batch (8-frame batches on 2 threads: 2 tasks for 8 frames, 0.25 a frame).
+    assert chunk_tasks(client, name) - before == expected
+    assert expected <= 16 * min(max_frames, threads) / max_frames + threads
+
+
+def test_the_consumer_keeps_polling_while_a_batch_computes(kafka, client, tmp_path, uid):
+    # Each batch computes for longer than max.poll.interval.ms: a daemon that stopped
+    # polling while it waited would be thrown out of the group and lose its partitions.
+    topic, name = f"in-{uid}", f"poll-{uid}"
+    ensure_topics(kafka, [topic])
+    frames = [np.full((16, 16, 3), i, np.uint8) for i in range(4)]
+    ends = produce_frames(kafka, topic, (SourceFrame(i, i, f) for i, f in enumerate(frames)),
+                          stream="s")
+    topology = streamimg.Topology(name, inputs=topic, max_frames=2, max_wait_ms=50,
+                                  max_in_flight=1)
+
+    def slow(x):
+        return x.map_blocks(lambda b: (time.sleep(4.0), b)[1], dtype=x.dtype)
+
+    topology.source.map_frames(slow).to_kafka_frames(encoding="raw").to_kafka_analytics()
+    kafka = dataclasses.replace(kafka, extra={"max.poll.interval.ms": 3000})
+    started = time.monotonic()
+    _, events = run_to_end(topology, kafka, client, topic, ends)
+    assert time.monotonic() - started > 6.0  # two batches of 4 s each, one at a time
+    # One assignment: never thrown out and re-admitted (the one revoke is the final close).
+    assert events.assigned_n == 1 and events.revoked_n <= 1, vars(events)
+    assert events.outcomes == ["committed", "committed"]
+    report = check_exactly_once(kafka.bootstrap, inputs={(topic, 0): ends[0]},
+                                outputs=[f"{name}.frames", f"{name}.analytics"], dlq=f"{name}.dlq",
+                                group=name)
+    assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize("body,message", [
+    (lambda s: s.palette().annotate(detections=None).gaussian_blur(1.0).to_kafka_frames(),
+     "frame operators must come before annotate"),
+    (lambda s: s.annotate(detections="faces", palette=None).to_kafka_frames(),
+     "no analytics named 'faces'"),
+    (lambda s: s.palette().palette().to_kafka_analytics(), "used twice"),
+    (lambda s: s.map_frames(lambda x: x.astype("float32")).to_kafka_frames(encoding="png"),
+     "fails on a synthetic"),
+    (lambda s: s.analyze("bad", lambda f: 1 / 0).to_kafka_analytics(), "ZeroDivisionError"),
+])
+def test_pipeline_mistakes_fail_when_the_topology_loads(body, message):
+    topology = streamimg.Topology("mistake", inputs="x")
+    body(topology.source)
+    with pytest.raises(streamimg.TopologyError, match=message):
+        topology.check()
