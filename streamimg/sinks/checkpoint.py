@@ -175,18 +175,31 @@ class Checkpoint:
         self.committed += 1
         self.commit_ms_total += (time.perf_counter() - start) * 1e3
 
-    def commit_batch(self, batch: FinishedBatch) -> None:
-        """Commit ``batch``: its records, dead letters, states and offsets in one transaction.
+    def commit_batches(self, batches: list[FinishedBatch]) -> None:
+        """Commit consecutive ``batches`` in one transaction (records, dead letters, offsets).
+
+        Offsets and states of a later batch replace an earlier one's for the same
+        partition (they only move forward); records keep their order.
 
         Raises
         ------
         TransactionAborted, FatalKafkaError
             As :meth:`commit`.
         """
-        dlq = [(batch.dlq_topic, *dead_letter_record(d, batch.run)) for d in batch.dead]
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(batch.offsets.items())]
-        states = [(batch.state_topic, p, v) for p, v in sorted(batch.states.items())]
-        self.commit([*batch.records, *dlq], offsets, batch.group_metadata, states)
+        records: list[tuple[str, bytes | None, bytes | None, list]] = []
+        offsets: dict[tuple[str, int], int] = {}
+        states: dict[tuple[str, int], bytes] = {}
+        for b in batches:
+            records.extend(b.records)
+            records.extend((b.dlq_topic, *dead_letter_record(d, b.run)) for d in b.dead)
+            for tp, o in b.offsets.items():
+                if o < offsets.get(tp, -1):
+                    raise ValueError(f"offsets of {tp} go backwards: {offsets[tp]} -> {o}")
+                offsets[tp] = o
+            states.update(((b.state_topic, p), v) for p, v in b.states.items())
+        self.commit(records, [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())],
+                    batches[-1].group_metadata,
+                    [(t, p, v) for (t, p), v in sorted(states.items())])
 
     def _produce_states(self, states: list[tuple[str, int, bytes]]) -> list[TopicPartition]:
         if not states:
@@ -272,6 +285,8 @@ class Checkpoint:
 class Committer:
     """A thread that commits handed-over batches in order through a :class:`Checkpoint`.
 
+    Batches waiting together (of one epoch) commit in one transaction, up to
+    ``max_merge`` batches or ``max_merge_bytes`` of record values.
     :meth:`put` queues a batch; every batch ends in one :class:`Outcome`, read
     with :meth:`outcomes` on the daemon's thread. After an abort, the batches
     of the same epoch still queued are dropped (their offsets follow the
@@ -281,8 +296,11 @@ class Committer:
     """
 
     def __init__(self, checkpoint: Checkpoint,
-                 on_outcome: Callable[[Outcome], None] | None = None):
+                 on_outcome: Callable[[Outcome], None] | None = None, max_merge: int = 8,
+                 max_merge_bytes: int = 256 * 1024 * 1024, start: bool = True):
         self.checkpoint = checkpoint
+        self.max_merge, self.max_merge_bytes = max_merge, max_merge_bytes
+        self._held: list[FinishedBatch | None] = []  # read from the queue, not yet taken
         self._queue: queue.Queue[FinishedBatch | None] = queue.Queue()
         self._outcomes: queue.Queue[Outcome] = queue.Queue()
         self._floor = 0           # batches of an epoch below this are dropped
@@ -294,6 +312,11 @@ class Committer:
         self._on_outcome = on_outcome
         self._thread = threading.Thread(target=self._run, name="streamimg-committer",
                                         daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the thread (when made with ``start=False``)."""
         self._thread.start()
 
     def put(self, batch: FinishedBatch) -> None:
@@ -338,37 +361,64 @@ class Committer:
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
+    def _take(self) -> list[FinishedBatch] | None:
+        """The next batches to commit together (None: stop): those waiting, of one epoch.
+
+        When commits fall behind, several queued batches share one transaction, which
+        costs its fixed round trips (offsets, commit, markers) once.
+        """
+        if self._held:
+            first = self._held.pop()
+        else:
+            first = self._queue.get()
+        if first is None:
+            return None
+        taken, nbytes = [first], _size(first)
+        while len(taken) < self.max_merge and nbytes < self.max_merge_bytes:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None or nxt.epoch != first.epoch:
+                self._held.append(nxt)  # taken first next time: queue order is kept
+                break
+            taken.append(nxt)
+            nbytes += _size(nxt)
+        return taken
+
     def _run(self) -> None:
         while True:
-            batch = self._queue.get()
-            if batch is None:
+            batches = self._take()
+            if batches is None:
                 return
             with self._lock:
-                drop = self._fatal or batch.epoch < self._floor
+                drop = self._fatal or batches[0].epoch < self._floor
             if drop:
-                self._done(Outcome(batch, "dropped"))
+                for b in batches:
+                    self._done(Outcome(b, "dropped"))
                 continue
             start = time.perf_counter()
             self.call_started = time.monotonic()
+            status, error = "committed", ""
             try:
-                self.checkpoint.commit_batch(batch)
-                outcome = Outcome(batch, "committed", _ms(start))
+                self.checkpoint.commit_batches(batches)
             except TransactionAborted as exc:
                 with self._lock:
-                    self._floor = max(self._floor, batch.epoch + 1)
-                outcome = Outcome(batch, "aborted", _ms(start), str(exc))
+                    self._floor = max(self._floor, batches[0].epoch + 1)
+                status, error = "aborted", str(exc)
             except FatalKafkaError as exc:
                 with self._lock:
                     self._fatal = True
-                outcome = Outcome(batch, "fatal", _ms(start), str(exc))
+                status, error = "fatal", str(exc)
             except Exception as exc:  # noqa: BLE001 - never let the thread die silently
-                log.exception("commit of batch %d failed", batch.seq)
+                log.exception("commit of batches %s failed", [b.seq for b in batches])
                 with self._lock:
                     self._fatal = True
-                outcome = Outcome(batch, "fatal", _ms(start), f"{type(exc).__name__}: {exc}")
+                status, error = "fatal", f"{type(exc).__name__}: {exc}"
             finally:
                 self.call_started = None
-            self._done(outcome)
+            for b in batches:
+                self._done(Outcome(b, status, _ms(start), error))
 
     def _done(self, outcome: Outcome) -> None:
         self._outcomes.put(outcome)
@@ -377,6 +427,10 @@ class Committer:
         with self._idle:
             self._busy -= 1
             self._idle.notify_all()
+
+
+def _size(batch: FinishedBatch) -> int:
+    return sum(len(r[2] or b"") for r in batch.records)
 
 
 def _ms(start: float) -> float:

@@ -1,0 +1,45 @@
+"""The Committer on a real broker: batches merged into one transaction, epochs dropped."""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer, TopicPartition
+
+from streamimg.admin import committed_offsets, ensure_topics, read_topic
+from streamimg.sinks.checkpoint import Checkpoint, Committer, FinishedBatch
+from tests.harness.checker import read_topic_log
+
+
+def batch(seq, epoch, topic, offset, metadata):
+    return FinishedBatch(seq, epoch, "run", 1, [(f"{topic}.out", b"k", str(seq).encode(), [])],
+                         [], f"{topic}.dlq", {(topic, 0): offset}, metadata)
+
+
+def test_waiting_batches_share_a_transaction_and_discarded_epochs_never_commit(kafka, uid):
+    topic, group = f"in-{uid}", f"g-{uid}"
+    ensure_topics(kafka, [topic, f"{topic}.out", f"{topic}.dlq"])
+    consumer = Consumer(kafka.consumer(group, "c"))
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    meta = consumer.consumer_group_metadata()
+    checkpoint = Checkpoint(kafka.producer(f"t-{uid}"))
+    checkpoint.start()
+    committer = Committer(checkpoint, start=False, max_merge=3)
+    try:
+        committer.put(batch(6, 0, topic, 6, meta))  # epoch 0, discarded before it commits
+        committer.discard_before(1)
+        for seq in range(1, 6):  # epoch 1: five batches waiting, merged 3 + 2
+            committer.put(batch(seq, 1, topic, seq, meta))
+        committer.put(batch(7, 2, topic, 7, meta))  # epoch 2: never merged with epoch 1
+        committer.start()
+        assert committer.wait_idle(60)
+        outcomes = {o.batch.seq: o.status for o in committer.outcomes()}
+    finally:
+        committer.stop(30)
+        checkpoint.close()
+        consumer.close()
+    assert outcomes == {1: "committed", 2: "committed", 3: "committed", 4: "committed",
+                        5: "committed", 6: "dropped", 7: "committed"}
+    values = [m.value() for m in read_topic(kafka, f"{topic}.out")]
+    assert values == [b"1", b"2", b"3", b"4", b"5", b"7"]
+    log = read_topic_log(kafka.bootstrap, f"{topic}.out")
+    assert [m.kind for m in log.markers] == ["commit"] * 3  # (1, 2, 3), (4, 5), (7)
+    assert committed_offsets(kafka, group, [topic]) == {(topic, 0): 7}
