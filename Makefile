@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+chaos: $(STAMP)
+	STREAMIMG_CHAOS=1 $(BIN)/pytest -q tests/test_faults.py tests/test_restart.py
 
 demo: $(STAMP)
 	$(BIN)/streamimg demo
