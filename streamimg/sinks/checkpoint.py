@@ -80,13 +80,17 @@ class FinishedBatch:
 class Outcome:
     """What became of a handed-over batch: ``committed``, ``aborted``, ``dropped`` or ``fatal``.
 
-    ``ms`` is the time the transaction took; ``error`` the reason, if any.
+    ``ms`` is the time the transaction took; ``error`` the reason, if any. Batches
+    that shared a transaction share ``txn`` (the committer's transaction number,
+    from 1) and ``ms``; ``batches`` is how many batches that transaction held.
     """
 
     batch: FinishedBatch
     status: str
     ms: float = 0.0
     error: str = ""
+    txn: int = 0
+    batches: int = 1
 
 
 class Checkpoint:
@@ -301,6 +305,7 @@ class Committer:
         self.checkpoint = checkpoint
         self.max_merge, self.max_merge_bytes = max_merge, max_merge_bytes
         self._held: list[FinishedBatch | None] = []  # read from the queue, not yet taken
+        self.transactions = 0  # begun so far
         self._queue: queue.Queue[FinishedBatch | None] = queue.Queue()
         self._outcomes: queue.Queue[Outcome] = queue.Queue()
         self._floor = 0           # batches of an epoch below this are dropped
@@ -399,6 +404,7 @@ class Committer:
                 continue
             start = time.perf_counter()
             self.call_started = time.monotonic()
+            self.transactions += 1
             status, error = "committed", ""
             try:
                 self.checkpoint.commit_batches(batches)
@@ -417,8 +423,9 @@ class Committer:
                 status, error = "fatal", f"{type(exc).__name__}: {exc}"
             finally:
                 self.call_started = None
+            ms = _ms(start)
             for b in batches:
-                self._done(Outcome(b, status, _ms(start), error))
+                self._done(Outcome(b, status, ms, error, self.transactions, len(batches)))
 
     def _done(self, outcome: Outcome) -> None:
         self._outcomes.put(outcome)
