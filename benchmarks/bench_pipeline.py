@@ -26,7 +26,14 @@ from daemon start and in steady state (first commit to last commit).
 Dask tasks per frame: the scheduler's ``TaskPrefix.state_counts["processing"]`` (how many
 times a task of that prefix started running on a worker) summed over prefixes, before and
 after each variant; the scattered payloads are counted from ``state_counts["memory"]``
-minus that. Per-stage worker time comes from the prefixes' ``compute`` durations.
+minus that. (b) runs one ``process_one`` task per frame; (c) one
+``streamimg.worker.run_chunk`` task (prefix ``<topology>-chunk``) per chunk of a batch, one
+chunk per worker thread, so about (worker threads / frames per batch) tasks per frame.
+Worker time per task prefix comes from the prefixes' ``compute`` durations (task wall time);
+for (c), whose one task does every stage, per-stage worker times come from the
+``streamimg.timings_ms`` header of its analytics records (ms measured on the workers).
+(c) is observed only through the daemon's public ``Listener`` hook (assignment, submit ms,
+transaction outcomes) and by sampling its poll thread's CPU time from outside.
 CPU time per process (main, broker, workers) comes from ``psutil``.
 """
 
@@ -75,7 +82,7 @@ from streamimg.codecs.frame import (  # noqa: E402
     parse_header,
 )
 from streamimg.config import KafkaConfig  # noqa: E402
-from streamimg.daemon import Daemon  # noqa: E402
+from streamimg.daemon import Daemon, Listener  # noqa: E402
 from streamimg.demo import clip_path  # noqa: E402
 from streamimg.operators.blur import blur_frame  # noqa: E402
 from streamimg.sinks.records import analytics_record, lineage_headers, read_lineage  # noqa: E402
@@ -223,6 +230,9 @@ def output_check(kafka, topics, frames):
     for topic in topics:
         msgs = read_topic(kafka, topic, timeout_s=120)
         per_offset = Counter(read_lineage(m.headers())["offset"] for m in msgs)
+        stage_ms = [json.loads(v) for m in msgs
+                    if (v := dict(m.headers() or ()).get("streamimg.timings_ms"))]
+        stages = sorted({k for t in stage_ms for k in t})
         out[topic] = {
             "records": len(msgs),
             "distinct_inputs": len(per_offset),
@@ -232,6 +242,10 @@ def output_check(kafka, topics, frames):
             "palettes": ({read_lineage(m.headers())["offset"]: json.loads(m.value())["palette"]
                           for m in msgs} if topic.endswith("analytics") else None),
         }
+        if stage_ms:  # the streamimg.timings_ms header: ms per stage, measured on the workers
+            out[topic]["worker_stage_ms_per_frame"] = {
+                k: round(sum(t.get(k, 0.0) for t in stage_ms) / len(stage_ms), 3)
+                for k in stages}
     return out
 
 
@@ -383,47 +397,45 @@ def _downstream(node):
 # -- (c) streamimg ---------------------------------------------------------------------------
 
 
-class TimedDaemon(Daemon):
-    """The library's Daemon, with timestamps around its poll-thread steps (nothing else)."""
+class Timeline(Listener):
+    """Timestamps of the daemon's events, through its public listener hook."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self):
         self.t_assign = None
         self.submits = []   # (start, seconds, frames)
-        self.commits = []   # (end, seconds, transaction seconds, frames)
-        self.wait_head_s = 0.0
-        self.native_id = None
+        self.commits = []   # (end, transaction seconds, frames)
 
-    def run(self):
-        self.native_id = threading.get_native_id()
-        return super().run()
-
-    def _on_assign(self, *args, **kwargs):
+    def assigned(self, partitions):
         self.t_assign = self.t_assign or time.perf_counter()
-        super()._on_assign(*args, **kwargs)
 
-    # Frame counts come from the public Stats, not from the private arguments (whose
-    # types the daemon is free to change).
-    def _submit(self, *args, **kwargs):
-        t0, n0 = time.perf_counter(), self.stats.frames_in
-        super()._submit(*args, **kwargs)
-        self.submits.append((t0, time.perf_counter() - t0, self.stats.frames_in - n0))
+    def submitted(self, seq, frames, nbytes, ms):
+        self.submits.append((time.perf_counter() - ms / 1e3, ms / 1e3, frames))
 
-    def _commit(self, *args, **kwargs):
-        t0, txn0 = time.perf_counter(), self._checkpoint.commit_ms_total
-        n0 = self.stats.frames_out + self.stats.dead_letters
-        super()._commit(*args, **kwargs)
-        t1 = time.perf_counter()
-        self.commits.append((t1, t1 - t0, (self._checkpoint.commit_ms_total - txn0) / 1e3,
-                             self.stats.frames_out + self.stats.dead_letters - n0))
-
-    def _wait_head(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        super()._wait_head(*args, **kwargs)
-        self.wait_head_s += time.perf_counter() - t0
+    def outcome(self, outcome):
+        if outcome.status == "committed":
+            self.commits.append((time.perf_counter(), outcome.ms / 1e3,
+                                 outcome.batch.frames + len(outcome.batch.dead)))
 
     def committed_frames(self):
-        return sum(c[3] for c in self.commits)
+        return sum(c[2] for c in self.commits)
+
+
+def transactions(commits):
+    """Committed outcomes grouped by the transaction they shared (an estimate).
+
+    ``commits`` are ``(seen perf_counter, Outcome.ms)`` in order. The committer merges
+    waiting batches into one transaction and gives each its own Outcome, with the shared
+    transaction's ms measured again per batch (so a few us apart) and all handed to the
+    listener in one burst; the Outcome says nothing else about it. Outcomes seen within
+    1 ms of each other whose ms differ by under 0.5 ms count as one transaction.
+    """
+    groups = []
+    for t, ms in commits:
+        if groups and t - groups[-1][-1][0] < 1e-3 and abs(ms - groups[-1][-1][1]) < 0.5:
+            groups[-1].append((t, ms))
+        else:
+            groups.append([(t, ms)])
+    return groups
 
 
 def bench_topology(path=None):
@@ -445,73 +457,75 @@ def bench_topology(path=None):
 
 def run_streamimg(kafka, client, n, cpu, topology_path=None):
     topology = bench_topology(topology_path)
-    daemon = TimedDaemon(topology, kafka, client, drain_timeout_s=60)
+    timeline = Timeline()
+    daemon = Daemon(topology, kafka, client, drain_timeout_s=60, listeners=[timeline])
     outcome = {}
     before_counts, before_cpu = scheduler_counts(client), cpu.sample()
     t_start = time.perf_counter()
-    thread = threading.Thread(target=lambda: outcome.setdefault("code", daemon.run()),
-                              name="streamimg-daemon")
+    native = {}
+
+    def run():
+        native["id"] = threading.get_native_id()
+        outcome["code"] = daemon.run()
+
+    thread = threading.Thread(target=run, name="streamimg-daemon")
     thread.start()
     try:
-        while daemon.committed_frames() < n:
+        while timeline.committed_frames() < n:
             if not thread.is_alive():
                 raise RuntimeError(f"the daemon stopped early: {outcome}")
             if time.perf_counter() - t_start > WAIT_LIMIT_S:
-                raise TimeoutError(f"streamimg: {daemon.committed_frames()} of {n} committed")
+                raise TimeoutError(f"streamimg: {timeline.committed_frames()} of {n} committed")
             time.sleep(0.01)
-        t_end = daemon.commits[-1][0]
+        t_end = timeline.commits[-1][0]
         committed = committed_offsets(kafka, topology.name, [INPUT])
-        poll_cpu = thread_cpu_s(daemon.native_id)
+        poll_cpu = thread_cpu_s(native["id"])
     finally:
         daemon.stop()
         thread.join(90)
     if thread.is_alive():
         raise RuntimeError("the daemon did not stop within 90 s")
     after_counts, after_cpu = scheduler_counts(client), cpu.sample()
-    wall = t_end - daemon.t_assign
-    commits, submits = daemon.commits, daemon.submits
+    wall = t_end - timeline.t_assign
+    commits, submits = timeline.commits, timeline.submits
     batches = len(commits)
-    first_end, first_frames = commits[0][0], commits[0][3]
+    first_end, first_frames = commits[0][0], commits[0][2]
     build_s = sum(s[1] for s in submits)
-    commit_s = sum(c[1] for c in commits)
-    txn_s = sum(c[2] for c in commits)
+    txns = transactions([(t, x * 1e3) for t, x, _ in commits])
+    txn_s = sum(max(ms for _, ms in g) for g in txns) / 1e3  # each transaction once
     stats = daemon.stats.to_dict()
     check = output_check(kafka, sorted(topology.output_topics), n)
     dlq = read_topic(kafka, topology.dlq_topic)
     result = {
         "frames": n, "batches": batches, "exit_code": outcome.get("code"),
+        "transactions_estimated": len(txns),
         "from_start_s": round(t_end - t_start, 3),
         "from_first_input_s": round(wall, 3),
         "frames_per_s": round(n / wall, 2),
         "frames_per_s_from_start": round(n / (t_end - t_start), 2),
         "steady_frames_per_s": round((n - first_frames) / (t_end - first_end), 2)
         if batches > 1 else None,
-        "group_join_s": round(daemon.t_assign - t_start, 3),
-        "first_commit_s": round(first_end - daemon.t_assign, 3),
+        "group_join_s": round(timeline.t_assign - t_start, 3),
+        "first_commit_s": round(first_end - timeline.t_assign, 3),
         "committed_offset": committed.get((INPUT, 0)),
-        "poll_thread_ms_per_batch": {
-            "build_submit": round(build_s * 1e3 / batches, 2),
-            "commit_total": round(commit_s * 1e3 / batches, 2),
-            "commit_transaction": round(txn_s * 1e3 / batches, 2),
-            "commit_gather_and_records": round((commit_s - txn_s) * 1e3 / batches, 2),
-            "wait_for_head": round(daemon.wait_head_s * 1e3 / batches, 2),
-            "other_poll_consume": round(
-                (wall - build_s - commit_s - daemon.wait_head_s) * 1e3 / batches, 2),
+        "ms_per_batch": {
+            "submit (poll thread)": round(build_s * 1e3 / batches, 2),
+            "transaction (committer thread)": round(txn_s * 1e3 / batches, 2),
+            "transaction, per transaction": round(txn_s * 1e3 / len(txns), 2),
         },
-        "poll_thread_busy_fraction": round((build_s + commit_s) / wall, 3),
+        "poll_thread_submit_fraction": round(build_s / wall, 3),
         "poll_thread_cpu_s": round(poll_cpu, 3),
         "daemon_stats": {**stats,
-                         "build_ms_per_batch": round(stats["build_ms"] / max(1, batches), 2),
                          "commit_ms_per_batch": round(stats["commit_ms"] / max(1, batches), 2)},
         "dask": counts_delta(before_counts, after_counts, n),
         "cpu": cpu_delta(before_cpu, after_cpu, wall, n),
         "outputs": check,
         "dead_letters": len(dlq),
         "timeline": {  # seconds from partition assignment; durations in ms
-            "submits": [[round(t - daemon.t_assign, 3), round(d * 1e3, 1), k]
+            "submits": [[round(t - timeline.t_assign, 3), round(d * 1e3, 1), k]
                         for t, d, k in submits],
-            "commits": [[round(t - daemon.t_assign, 3), round(d * 1e3, 1), round(x * 1e3, 1),
-                         k] for t, d, x, k in commits]},
+            "commits": [[round(t - timeline.t_assign, 3), round(x * 1e3, 1), k]
+                        for t, x, k in commits]},
     }
     return result, pop_palettes(check)
 
@@ -545,6 +559,10 @@ def machine(cv2_threads):
     }
 
 
+# (c)'s stage names (timings header) under (a)'s names where they are the same work.
+C_STAGE_AS_A = {"gaussian_blur": "blur"}
+
+
 def markdown(r):
     a, b, c = r["variants"]["plain"], r["variants"]["streamz"], r["variants"]["streamimg"]
     n = r["frames"]
@@ -557,33 +575,46 @@ def markdown(r):
         f"| (a) plain loop, 1 process | {a['frames_per_s']:.1f} | 1.00 | - | "
         f"{a['ms_per_frame']['total']:.1f} ms/frame |",
         f"| (b) streamz scatter/map/buffer(8)/gather, at-least-once | {b['frames_per_s']:.1f} "
-        f"| {b['frames_per_s'] / a['frames_per_s']:.2f} | {b['dask']['tasks_per_frame']:.1f} | "
+        f"| {b['frames_per_s'] / a['frames_per_s']:.2f} | {b['dask']['tasks_per_frame']:.2f} | "
         f"steady {b['steady_frames_per_s']} fps; duplicates "
         f"{max(o['duplicates'] for o in b['outputs'].values())} |",
         f"| (c) streamimg daemon, exactly-once | {c['frames_per_s']:.1f} "
-        f"| {c['frames_per_s'] / a['frames_per_s']:.2f} | {c['dask']['tasks_per_frame']:.1f} | "
+        f"| {c['frames_per_s'] / a['frames_per_s']:.2f} | {c['dask']['tasks_per_frame']:.2f} | "
         f"steady {c['steady_frames_per_s']} fps; {c['frames_per_s_from_start']} fps incl. "
         f"{c['group_join_s']:.1f} s group join |",
         "",
         f"Ratios: c/a = {r['ratios']['c_over_a']:.2f}, c/b = {r['ratios']['c_over_b']:.2f}, "
         f"b/a = {r['ratios']['b_over_a']:.2f} (frames/s from first input).",
         "",
-        "| (a) stage | ms/frame | (c) task prefix on the workers | task wall ms/frame "
-        "(2 workers share 2 cores with broker and daemon) | tasks/frame |",
-        "|---|---:|---|---:|---:|",
+        "| stage | (a) ms/frame | (c) worker ms/frame (timings header) |",
+        "|---|---:|---:|",
     ]
-    stages = list(a["ms_per_frame"].items())
-    prefixes = sorted(c["dask"]["prefixes"].items(), key=lambda kv: -kv[1]["compute_ms_per_frame"])
-    for i in range(max(len(stages), len(prefixes))):
-        s = stages[i] if i < len(stages) else ("", None)
-        p = prefixes[i] if i < len(prefixes) else ("", None)
-        ms = "" if s[1] is None else f"{s[1]:.2f}"
-        pms = "" if p[1] is None else f"{p[1]['compute_ms_per_frame']:.2f}"
-        ptasks = "" if p[1] is None else p[1]["tasks_per_frame"]
-        lines.append(f"| {s[0]} | {ms} | {p[0]} | {pms} | {ptasks} |")
-    pt = c["poll_thread_ms_per_batch"]
-    lines += ["", "(c) poll thread, ms per batch of "
+    c_stages = next((o["worker_stage_ms_per_frame"] for o in c["outputs"].values()
+                     if "worker_stage_ms_per_frame" in o), {})
+    c_stages = {C_STAGE_AS_A.get(k, k): v for k, v in c_stages.items()}
+    for name in [*a["ms_per_frame"], *(k for k in c_stages if k not in a["ms_per_frame"])]:
+        ams, cms = a["ms_per_frame"].get(name), c_stages.get(name)
+        lines.append(f"| {name} | {'' if ams is None else f'{ams:.2f}'} | "
+                     f"{'' if cms is None else f'{cms:.2f}'} |")
+    if c_stages:
+        lines.append(f"| (c) sum of stages | | {sum(c_stages.values()):.2f} |")
+    lines += ["", "| Dask task prefix | tasks | tasks/frame | task wall ms/frame (2 workers "
+              "share 2 cores with broker and daemon) |", "|---|---:|---:|---:|"]
+    for x, v in (("b", b), ("c", c)):
+        for name, p in sorted(((k, p) for k, p in v["dask"]["prefixes"].items() if p["tasks"]),
+                              key=lambda kv: -kv[1]["compute_ms_per_frame"]):
+            lines.append(f"| ({x}) {name} | {p['tasks']} | {p['tasks_per_frame']:.3f} | "
+                         f"{p['compute_ms_per_frame']:.2f} |")
+    pt = c["ms_per_batch"]
+    lines += ["", "(c) ms per batch of "
               f"{n / c['batches']:.1f} frames: " + ", ".join(f"{k} {v}" for k, v in pt.items()),
+              f"(c) {c['batches']} batches in {c.get('transactions_estimated', '?')} "
+              "transactions (estimated: the committer merges waiting batches)",
+              f"(c) first commit {c['first_commit_s']:.2f} s after assignment; poll thread CPU "
+              f"{c['poll_thread_cpu_s']:.2f} s; backpressure pauses "
+              f"{c['daemon_stats']['pauses']}; chunks resubmitted "
+              f"{c['daemon_stats']['chunks_resubmitted']}; aborted "
+              f"{c['daemon_stats']['batches_aborted']}",
               f"(a) CPU: {a['cpu']['cores_busy']} cores busy, {a['cpu']['cpu_ms_per_frame']} "
               f"ms/frame, {a['cpu']['minor_faults_per_frame']} minor faults/frame; with OpenCV "
               f"on 1 thread {a['cv2_one_thread']['frames_per_s']} frames/s; other processes "

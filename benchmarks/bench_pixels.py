@@ -17,9 +17,14 @@ input topic of an embedded broker.
     pixel, assembles frames, computes a 3x3 box blur and an 11x11 LoG (sigma 1.4) with wrap
     boundary, and produces 2 pixel records per input pixel, exactly-once (transactions).
     Rate = input pixels / (daemon start -> the commit that moves the group's committed offset
-    to the end of the input; the wait polls ``streamimg.admin.committed_offsets``), also from
-    partition assignment, and steady (first commit -> last commit). The poll thread's time is
-    split with per-batch hooks (and one on ``batcher.add``); worker time per Dask task prefix.
+    to the end of the input), also from partition assignment, and steady (first commit ->
+    last commit). The daemon is observed only through its public ``Listener`` hook (partition
+    assignment, each batch's submit ms, each transaction's outcome, ms and committed input
+    offsets, from ``Outcome.batch.offsets``) and by sampling CPU time from outside: the poll
+    thread's (also read with ``time.thread_time()`` inside the listener, which runs on it),
+    the committer thread's, and per process. Commit times are when the poll thread reports
+    the outcome (up to ~0.1 s after the transaction ends). Worker time per Dask task prefix:
+    one ``streamimg.worker.run_chunk`` task per chunk of a batch (one chunk per worker thread).
 (b) the seed's design in plain Python, in memory (no Kafka: this flatters the seed): parse
     each record with ``split(';')``, expand each pixel to its (2h+1)(2w+1) neighbours with
     weighted values (periodic boundary), group by (name, frame, x, y) in a dict and sum, for
@@ -33,8 +38,8 @@ to 1e-9; each output pixel exactly once; committed offset at the end; no dead le
 Stage micro-benchmarks (same frames, same process) show where (a)'s time goes. One more
 daemon run, (a'), uses binary pixel records in and out. ``--no-variants`` skips both.
 (An earlier run of this benchmark found that ``distributed`` shipped each frame's list of
-output records as one message frame per record, 665 us per pixel; the daemon now ships
-one pickle per frame.)
+output records as one message frame per record, 665 us per pixel; a chunk's records now
+travel as one pickled ``ChunkResult``.)
 """
 
 from __future__ import annotations
@@ -50,7 +55,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -81,7 +85,7 @@ from streamimg.cluster import local_cluster  # noqa: E402
 from streamimg.codecs.frame import FrameHeader  # noqa: E402
 from streamimg.codecs.pixel import decode_pixel, frame_to_pixels  # noqa: E402
 from streamimg.config import KafkaConfig  # noqa: E402
-from streamimg.daemon import Daemon  # noqa: E402
+from streamimg.daemon import Daemon, Listener  # noqa: E402
 from streamimg.operators import kernels  # noqa: E402
 from streamimg.sinks.records import lineage_headers, pixel_records  # noqa: E402
 from streamimg.topology import Topology, load_topology  # noqa: E402
@@ -159,97 +163,71 @@ def run_seed(records, height, width):
 # -- (a) the streamimg daemon --------------------------------------------------------------------
 
 
-class TimedDaemon(Daemon):
-    """The library's Daemon with timers around its poll-thread steps (behaviour unchanged)."""
+class PixelTimeline(Listener):
+    """The daemon's events, through its public listener hook only (nothing patched).
 
-    def __init__(self, *args, input_topic, **kwargs):
-        super().__init__(*args, **kwargs)
+    Every Listener method runs on the daemon's poll thread, so ``time.thread_time()`` read
+    there is that thread's CPU time: the poll thread's CPU at each event comes for free.
+    Commit times are when the poll thread reports the outcome (its loop waits at most
+    ~0.1 s in ``consume``), so they can trail the transaction's real end by that much.
+    """
+
+    def __init__(self, input_topic):
         self.input_topic = input_topic
         self.t_assign = None
-        self.native_id = None
-        self.submits = []  # (start, seconds, frames)
-        self.commits = []  # (end, seconds, checkpoint seconds, committed input offset)
-        self.t = Counter()  # poll-thread seconds by step
-        self.calls = Counter()
-        add, take = self._batcher.add, self._batcher.take
+        self.cpu_assign = None
+        self.submits = []  # dicts: t (start), ms, frames, nbytes, cpu (poll thread, s)
+        self.commits = []  # dicts: t (seen), txn_ms, offset (input), frames, dead, records,
+        #                    latency_s (batch closed -> outcome seen), cpu (poll thread, s)
+        self.others = []   # (t, status, error) of outcomes that are not commits
 
-        def timed_add(m):
-            t0 = time.perf_counter()
-            add(m)
-            self.t["assemble_add"] += time.perf_counter() - t0
+    def assigned(self, partitions):
+        if self.t_assign is None:
+            self.t_assign, self.cpu_assign = time.perf_counter(), time.thread_time()
 
-        def timed_take():
-            t0 = time.perf_counter()
-            out = take()
-            self.t["assemble_take"] += time.perf_counter() - t0
-            return out
+    def submitted(self, seq, frames, nbytes, ms):
+        self.submits.append({"t": time.perf_counter() - ms / 1e3, "ms": ms, "frames": frames,
+                             "nbytes": nbytes, "cpu": time.thread_time()})
 
-        self._batcher.add, self._batcher.take = timed_add, timed_take
-        self._patched = False
-
-    def run(self):
-        self.native_id = threading.get_native_id()
-        return super().run()
-
-    def _on_assign(self, *args, **kwargs):
-        self.t_assign = self.t_assign or time.perf_counter()
-        super()._on_assign(*args, **kwargs)
-
-    def _patch_checkpoint(self):
-        """Time the checkpoint's transactional calls and the client's gather (per batch)."""
-        cp, client = self._checkpoint, self.client
-        call, states, gather = cp._call, cp._produce_states, client.gather
-
-        def timed_call(fn, *args, during):
-            t0 = time.perf_counter()
-            try:
-                return call(fn, *args, during=during)
-            finally:
-                self.t[f"txn_{during}"] += time.perf_counter() - t0
-
-        def timed_states(*args):
-            t0 = time.perf_counter()
-            try:
-                return states(*args)
-            finally:
-                self.t["txn_state_records"] += time.perf_counter() - t0
-
-        def timed_gather(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return gather(*args, **kwargs)
-            finally:
-                self.t["gather"] += time.perf_counter() - t0
-
-        cp._call, cp._produce_states, client.gather = timed_call, timed_states, timed_gather
-        self._patched = True
-
-    def unpatch_client(self):
-        self.client.__dict__.pop("gather", None)
-
-    def _submit(self, *args, **kwargs):
-        t0, n0 = time.perf_counter(), self.stats.frames_in
-        super()._submit(*args, **kwargs)
-        d = time.perf_counter() - t0
-        self.t["build_submit"] += d
-        self.submits.append((t0, d, self.stats.frames_in - n0))
-
-    def _commit(self, item, *args, **kwargs):
-        if not self._patched:
-            self._patch_checkpoint()
-        t0, cp0 = time.perf_counter(), self._checkpoint.commit_ms_total
-        super()._commit(item, *args, **kwargs)
-        t1 = time.perf_counter()
-        self.t["commit"] += t1 - t0
-        offset = max((o for (t, _), o in item.taken.offsets.items() if t == self.input_topic),
+    def outcome(self, outcome):
+        now, wall = time.perf_counter(), time.time()
+        b = outcome.batch
+        if outcome.status != "committed":
+            self.others.append((now, outcome.status, outcome.error))
+            return
+        offset = max((o for (t, _), o in b.offsets.items() if t == self.input_topic),
                      default=-1)
-        self.commits.append((t1, t1 - t0, (self._checkpoint.commit_ms_total - cp0) / 1e3,
-                             offset))
+        self.commits.append({"t": now, "txn_ms": outcome.ms, "offset": offset,
+                             "frames": b.frames, "dead": len(b.dead), "records": len(b.records),
+                             "latency_s": wall - b.created if b.created else float("nan"),
+                             "cpu": time.thread_time()})
 
-    def _wait_head(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        super()._wait_head(*args, **kwargs)
-        self.t["wait_for_dask"] += time.perf_counter() - t0
+    def end_commit(self, n_pixels):
+        """The first commit whose input offset reaches ``n_pixels``, or None."""
+        return next((c for c in list(self.commits) if c["offset"] >= n_pixels), None)
+
+
+def transactions(commits):
+    """Committed outcomes grouped by the transaction they shared (an estimate).
+
+    ``commits`` are ``(seen perf_counter, Outcome.ms)`` in order. The committer merges
+    waiting batches into one transaction and gives each its own Outcome, with the shared
+    transaction's ms measured again per batch (so a few us apart) and all handed to the
+    listener in one burst; the Outcome says nothing else about it. Outcomes seen within
+    1 ms of each other whose ms differ by under 0.5 ms count as one transaction.
+    """
+    groups = []
+    for t, ms in commits:
+        if groups and t - groups[-1][-1][0] < 1e-3 and abs(ms - groups[-1][-1][1]) < 0.5:
+            groups[-1].append((t, ms))
+        else:
+            groups.append([(t, ms)])
+    return groups
+
+
+def committer_threads():
+    """Native ids of the live committer threads (sampled from outside, by thread name)."""
+    return {t.native_id for t in threading.enumerate() if t.name == "streamimg-committer"}
 
 
 def scheduler_prefixes(client):
@@ -266,7 +244,8 @@ def prefixes_delta(before, after, frames):
         b = before.get(name, {"tasks": 0, "compute_s": 0.0})
         tasks, comp = a["tasks"] - b["tasks"], a["compute_s"] - b["compute_s"]
         if tasks:
-            out[name] = {"tasks": tasks, "compute_s": round(comp, 3),
+            out[name] = {"tasks": tasks, "tasks_per_frame": round(tasks / frames, 3),
+                         "compute_s": round(comp, 3),
                          "compute_ms_per_frame": round(comp * 1e3 / frames, 2)}
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["compute_s"]))
 
@@ -329,93 +308,105 @@ def produce_input(kafka, topic, records):
 
 def run_streamimg(kafka, client, cpu, tmp, input_topic, n_pixels, n_frames, size,
                   variant=None):
-    """Run the daemon until the committed offset reaches the end; variant None: the file."""
+    """Run the daemon until a commit moves the input offset to the end; variant None: the file."""
     uid = uuid.uuid4().hex[:8]
     if variant is None:
         topology = file_topology(tmp, uid, input_topic)
     else:
         topology = code_topology(uid, input_topic, size, binary_out=variant == "binary")
     group = topology.name
-    daemon = TimedDaemon(topology, kafka, client, drain_timeout_s=60, input_topic=input_topic)
+    timeline = PixelTimeline(input_topic)
+    daemon = Daemon(topology, kafka, client, drain_timeout_s=60, listeners=[timeline])
     outcome = {}
     before_prefixes, before_cpu = scheduler_prefixes(client), cpu.sample()
+    old_committers = committer_threads()
     t_start = time.perf_counter()
     thread = threading.Thread(target=lambda: outcome.setdefault("code", daemon.run()),
                               name="streamimg-daemon", daemon=True)
     thread.start()
-    polls, t_seen = 0, None
     try:
-        while True:
+        while (end := timeline.end_commit(n_pixels)) is None:
             if not thread.is_alive():
                 raise RuntimeError(f"the daemon stopped early: {outcome}")
             if time.perf_counter() - t_start > WAIT_LIMIT_S:
                 raise TimeoutError(f"not all {n_pixels} pixels committed in {WAIT_LIMIT_S} s")
-            polls += 1
-            if committed_offsets(kafka, group, [input_topic]).get((input_topic, 0), -1) \
-                    >= n_pixels:
-                t_seen = time.perf_counter()
-                break
-            time.sleep(0.05)
-        poll_cpu = thread_cpu_s(daemon.native_id)
+            time.sleep(0.01)
+        t_seen = time.perf_counter()
+        poll_cpu = thread_cpu_s(thread.native_id)
+        committers = committer_threads() - old_committers
+        committer_cpu = sum(thread_cpu_s(i) for i in committers) if committers else float("nan")
         after_cpu, after_prefixes = cpu.sample(), scheduler_prefixes(client)
+        committed = committed_offsets(kafka, group, [input_topic]).get((input_topic, 0), -1)
     finally:
         daemon.stop()
         thread.join(120)
-        daemon.unpatch_client()
     if thread.is_alive():
         raise RuntimeError("the daemon did not stop within 120 s")
-    done = [c for c in daemon.commits if c[3] >= n_pixels]
-    if not done:
-        raise RuntimeError("no commit reached the end of the input")
-    t_end = done[0][0]
-    commits = [c for c in daemon.commits if c[0] <= t_end]
-    first_end, first_offset = commits[0][0], commits[0][3]
+    t_end, t_assign = end["t"], timeline.t_assign
+    commits = [c for c in timeline.commits if c["t"] <= t_end]
+    submits = [s for s in timeline.submits if s["t"] <= t_end]
+    first = commits[0]
     batches = len(commits)
     wall = t_end - t_start
-    from_assign = t_end - daemon.t_assign
+    from_assign = t_end - t_assign
     stats = daemon.stats.to_dict()
-    t = dict(daemon.t)
-    txn = {k: v for k, v in t.items() if k.startswith("txn_")}
-    checkpoint_s = sum(c[2] for c in commits)
-    produce_s = checkpoint_s - sum(txn.values())
-    busy = {
-        "assemble_add (decode + assembly)": t.get("assemble_add", 0.0),
-        "assemble_take": t.get("assemble_take", 0.0),
-        "build_submit (scatter + graph)": t.get("build_submit", 0.0),
-        "commit: gather results": t.get("gather", 0.0),
-        "commit: build records (+ lineage headers)":
-            t.get("commit", 0.0) - t.get("gather", 0.0) - checkpoint_s,
-        "commit: produce loop (2 records/pixel)": produce_s,
-        **{f"commit: {k}": v for k, v in sorted(txn.items())},
-        "wait for Dask (max_in_flight)": t.get("wait_for_dask", 0.0),
+    submit_s = sum(s["ms"] for s in submits) / 1e3
+    txns = transactions([(c["t"], c["txn_ms"]) for c in commits])
+    txn_s = sum(max(ms for _, ms in g) for g in txns) / 1e3  # each transaction once
+    poll_cpu_run = end["cpu"] - timeline.cpu_assign
+    # Poll-thread CPU between submits: consume + assembly (batcher.add/take) + hand-over of
+    # finished batches (gather, records) + outcomes; the listener cannot split these further.
+    threads = {
+        "poll thread CPU, daemon start -> assignment (check, init_transactions, join)":
+            timeline.cpu_assign,
+        "poll thread CPU, assignment -> end commit (consume, assembly, submit, gather, records)":
+            poll_cpu_run,
+        "  of which submit (wall, sum of Listener.submitted ms)": submit_s,
+        "committer thread CPU, whole run (produce loop + transactional calls)": committer_cpu,
+        "transactions (wall, sum over transactions of Outcome.ms)": txn_s,
+        "wall, assignment -> end commit": from_assign,
     }
-    busy["consume() + polling while Dask computes (rest)"] = from_assign - sum(busy.values())
     result = {
         "pixels": n_pixels, "frames": n_frames, "batches": batches,
+        "transactions_estimated": len(txns),
         "variant": variant or "topologies/pixel_convolution.py", "exit_code": outcome.get("code"),
         "from_start_s": round(wall, 3),
         "pixels_per_s": round(n_pixels / wall, 1),
+        "frames_per_s": round(n_frames / wall, 3),
         "from_assign_s": round(from_assign, 3),
         "pixels_per_s_from_assign": round(n_pixels / from_assign, 1),
-        "steady_pixels_per_s": round((n_pixels - first_offset) / (t_end - first_end), 1)
-        if batches > 1 and t_end > first_end else None,
-        "startup_s": {"group_join": round(daemon.t_assign - t_start, 3),
-                      "assign_to_first_commit": round(first_end - daemon.t_assign, 3)},
-        "first_commit_pixels": first_offset,
-        "seen_by_poll_s": round(t_seen - t_start, 3), "committed_offset_polls": polls,
-        "daemon_stats": {**stats,
-                         "build_ms_per_batch": round(stats["build_ms"] / max(1, batches), 2),
-                         "commit_ms_per_batch": round(stats["commit_ms"] / max(1, batches), 2)},
-        "poll_thread_s": {k: round(v, 3) for k, v in busy.items()},
-        "poll_thread_us_per_input_pixel": {k: round(v * 1e6 / n_pixels, 3)
-                                           for k, v in busy.items()},
+        "frames_per_s_from_assign": round(n_frames / from_assign, 3),
+        "steady_pixels_per_s": round((n_pixels - first["offset"]) / (t_end - first["t"]), 1)
+        if batches > 1 and t_end > first["t"] else None,
+        "startup_s": {"group_join": round(t_assign - t_start, 3),
+                      "assign_to_first_commit": round(first["t"] - t_assign, 3)},
+        "first_commit_pixels": first["offset"],
+        "first_commit_frames": first["frames"],
+        "end_seen_by_main_s": round(t_seen - t_end, 3),
+        "committed_offset_after": committed,
+        "other_outcomes": [[round(t - t_start, 3), s, e] for t, s, e in timeline.others],
+        "ms_per_batch": {
+            "submit (poll thread)": round(submit_s * 1e3 / max(1, len(submits)), 2),
+            "transaction (committer thread)": round(txn_s * 1e3 / batches, 2),
+            "transaction, per transaction": round(txn_s * 1e3 / len(txns), 2),
+            "batch closed -> commit seen (latency)": round(
+                sum(c["latency_s"] for c in commits) * 1e3 / batches, 1),
+        },
+        "threads_s": {k: round(v, 3) for k, v in threads.items()},
+        "threads_us_per_input_pixel": {k: round(v * 1e6 / n_pixels, 3)
+                                       for k, v in threads.items()},
+        "poll_thread_busy_fraction": round(poll_cpu_run / from_assign, 3),
         "poll_thread_cpu_s": round(poll_cpu, 3),
+        "committer_thread_cpu_s": round(committer_cpu, 3),
+        "daemon_stats": {**stats,
+                         "commit_ms_per_batch": round(stats["commit_ms"] / max(1, batches), 2)},
         "dask_prefixes": prefixes_delta(before_prefixes, after_prefixes, n_frames),
         "cpu": cpu_delta(before_cpu, after_cpu, wall, n_pixels),
-        "timeline": {"submits": [[round(s - t_start, 3), round(d * 1e3, 1), k]
-                                 for s, d, k in daemon.submits],
-                     "commits": [[round(e - t_start, 3), round(d * 1e3, 1), round(c * 1e3, 1),
-                                  o] for e, d, c, o in commits]},
+        "timeline": {  # seconds from daemon start; durations in ms
+            "submits": [[round(s["t"] - t_start, 3), round(s["ms"], 1), s["frames"],
+                         s["nbytes"]] for s in submits],
+            "commits": [[round(c["t"] - t_start, 3), round(c["txn_ms"], 1), c["offset"],
+                         c["frames"], c["records"]] for c in commits]},
     }
     return result, topology
 
@@ -687,24 +678,39 @@ def markdown(r):
                      f"{a['steady_pixels_per_s'] / b['pixels_per_s']:.2f} | |")
     names = {"binary": "(a') same pipeline, binary pixel records in and out"}
     for label, v in r.get("variants", {}).items():
+        mb = v["ms_per_batch"]
         lines.append(
             f"| {names.get(label, label)}, from start | {v['pixels_per_s']:,.0f} | "
             f"{v['pixels_per_s'] / b['pixels_per_s']:.2f} | from assignment "
             f"{v['pixels_per_s_from_assign']:,.0f}; steady "
-            f"{v['steady_pixels_per_s'] or float('nan'):,.0f}; gather "
-            f"{v['poll_thread_s']['commit: gather results']:.2f}"
-            f" s, produce loop {v['poll_thread_s']['commit: produce loop (2 records/pixel)']:.2f}"
-            f" s, assembly {v['poll_thread_s']['assemble_add (decode + assembly)']:.2f} s |")
+            f"{v['steady_pixels_per_s'] or float('nan'):,.0f}; {v['batches']} batches; submit "
+            f"{mb['submit (poll thread)']:.1f} ms/batch, transaction "
+            f"{mb['transaction (committer thread)']:.0f} ms/batch; poll thread CPU "
+            f"{v['poll_thread_cpu_s']:.2f} s, committer {v['committer_thread_cpu_s']:.2f} s |")
     ds = a["daemon_stats"]
-    lines += ["", f"(a) daemon stats: build_ms {ds['build_ms']:.0f} "
-              f"({ds['build_ms_per_batch']:.0f}/batch), commit_ms {ds['commit_ms']:.0f} "
-              f"({ds['commit_ms_per_batch']:.0f}/batch), records_out {ds['records_out']:,}",
-              "", "| (a) poll thread | s | us/input pixel |", "|---|---:|---:|"]
-    for k, v in a["poll_thread_s"].items():
-        lines.append(f"| {k} | {v:.3f} | {a['poll_thread_us_per_input_pixel'][k]:.2f} |")
-    lines += ["", "| (a) Dask task prefix | tasks | compute s |", "|---|---:|---:|"]
+    lines += ["", f"(a) {a['frames_per_s_from_assign']:.2f} frames/s from assignment; first "
+              f"commit {a['startup_s']['assign_to_first_commit']:.2f} s after assignment "
+              f"({a['first_commit_frames']} frames, input offset {a['first_commit_pixels']:,}); "
+              f"ms per batch: " + ", ".join(f"{k} {v}" for k, v in a["ms_per_batch"].items()),
+              f"(a) {a['batches']} batches in {a['transactions_estimated']} transactions "
+              "(estimated: the committer merges waiting batches; Outcome.ms per batch is the "
+              "shared transaction's, counted once here)",
+              f"(a) daemon stats: batches_committed {ds['batches_committed']}, aborted "
+              f"{ds['batches_aborted']}, chunks_resubmitted {ds['chunks_resubmitted']}, pauses "
+              f"{ds['pauses']}, commit_ms {ds['commit_ms']:.0f} (sums Outcome.ms per batch; "
+              f"{ds['commit_ms_per_batch']:.0f}/batch), records_out {ds['records_out']:,}",
+              "", "| (a) threads (Listener + CPU sampling) | s | us/input pixel |",
+              "|---|---:|---:|"]
+    for k, v in a["threads_s"].items():
+        lines.append(f"| {k} | {v:.3f} | {a['threads_us_per_input_pixel'][k]:.2f} |")
+    lines += ["", f"(a) poll thread busy (CPU / wall, assignment -> end commit): "
+              f"{a['poll_thread_busy_fraction']:.2f}",
+              "", "| (a) Dask task prefix | tasks | tasks/frame | compute s |",
+              "|---|---:|---:|---:|"]
     for k, v in a["dask_prefixes"].items():
-        lines.append(f"| {k} | {v['tasks']} | {v['compute_s']:.3f} |")
+        lines.append(f"| {k} | {v['tasks']} | {v['tasks_per_frame']} | {v['compute_s']:.3f} |")
+    lines += ["", "(a) commits (s from start, transaction ms, input offset, frames, records): "
+              + "; ".join(" ".join(str(x) for x in c) for c in a["timeline"]["commits"])]
     lines += ["", "(a) CPU (cores busy / us per input pixel): " + ", ".join(
         f"{k} {v['cores_busy']} / {v['us_per_input_pixel']}" for k, v in a["cpu"].items())]
     s = r.get("stages")

@@ -29,13 +29,14 @@ class CpuMeter:
     """CPU time of this process, the broker and the Dask workers, and of the whole machine.
 
     ``sample()`` returns ``{group: (user_s, system_s, minor_faults)}`` for the groups
-    ``main``, ``broker`` and ``workers``, plus ``machine`` (user+nice+system of all
-    processes, which shows other load on a shared host); each benchmark turns two
-    samples into its own report (per frame, per pixel).
+    ``main`` (this process unless ``main_pids`` says otherwise), ``broker`` and ``workers``,
+    plus ``machine`` (user+nice+system of all processes, which shows other load on a shared
+    host); each benchmark turns two samples into its own report (per frame, per pixel).
     """
 
-    def __init__(self, broker_pid, worker_pids):
-        self.groups = {"main": [os.getpid()], "broker": [broker_pid], "workers": worker_pids}
+    def __init__(self, broker_pid, worker_pids, main_pids=None):
+        self.groups = {"main": main_pids or [os.getpid()], "broker": [broker_pid],
+                       "workers": worker_pids}
 
     def sample(self):
         out = {}
