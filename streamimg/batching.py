@@ -93,11 +93,21 @@ class MessageBatcher:
     Headers are validated here, on the daemon (microseconds each); a message
     whose headers (or raw payload size) are wrong becomes a dead letter and the
     rest go on. Payloads are decoded later, on the workers.
+
+    Two limits protect memory before anything is decoded: a record larger than
+    ``max_record_bytes`` is dead-lettered by reference (its value is not copied
+    into the dead-letter topic, which could not take it; the reason gives its
+    size), and a frame whose headers declare more than ``max_frame_pixels``
+    pixels (height x width) is dead-lettered as a possible decompression bomb.
     """
 
-    def __init__(self, max_frames: int, max_wait_ms: int):
+    def __init__(self, max_frames: int, max_wait_ms: int,
+                 max_record_bytes: int = 64 * 1024 * 1024,
+                 max_frame_pixels: int = 8192 * 8192):
         self.max_frames = max_frames
         self.max_wait_s = max_wait_ms / 1e3
+        self.max_record_bytes = max_record_bytes
+        self.max_frame_pixels = max_frame_pixels
         self._pending: list[Any] = []
         self._since = 0.0
 
@@ -129,10 +139,21 @@ class MessageBatcher:
             tp = (m.topic(), m.partition())
             taken.offsets[tp] = max(taken.offsets.get(tp, -1), m.offset() + 1)
             headers = list(m.headers() or ())
+            size = len(m.value() or b"")
+            if size > self.max_record_bytes:
+                taken.dead.append(DeadLetter(
+                    m.topic(), m.partition(), m.offset(), m.key(), None,
+                    [*headers, ("streamimg.dlq.value_bytes", str(size).encode())], "decode",
+                    f"record of {size} bytes exceeds max_message_bytes={self.max_record_bytes}; "
+                    "dead-lettered by reference (value not copied)"))
+                continue
             try:
                 header = parse_header(headers)
                 if m.value() is None:
                     raise FrameDecodeError("payload", "null value")
+                if header.height * header.width > self.max_frame_pixels:
+                    raise FrameDecodeError("streamimg.height", f"{header.height}x{header.width} "
+                                           f"pixels exceed the limit of {self.max_frame_pixels}")
                 if header.encoding == "raw" and len(m.value()) != header.nbytes:
                     decode_payload(header, m.value())  # raises the precise size error here
             except FrameDecodeError as exc:

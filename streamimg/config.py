@@ -50,7 +50,11 @@ class KafkaConfig:
         a waiting fetch on produce, so latency follows this (median 17 ms at
         100, 3 ms at 10); Apache Kafka wakes it, so a low value costs little.
     max_message_bytes : int
-        Largest record (bytes) produced or fetched; a 1080p RGB frame is 6.2 MB.
+        Largest record (bytes) produced, and largest input record processed; a
+        1080p RGB frame is 6.2 MB. The consumer still receives larger records
+        (``receive.message.max.bytes`` at librdkafka's maximum: a record over the
+        receive limit stalls its partition for good, with only a line on stderr)
+        and the daemon dead-letters them by reference.
     extra : dict
         Further librdkafka settings, applied to both clients last.
     """
@@ -73,11 +77,19 @@ class KafkaConfig:
             raise ConfigError(f"max_message_bytes={self.max_message_bytes} outside [1 KiB, 1 GB]")
 
     def common(self) -> dict[str, Any]:
-        """Librdkafka settings both clients use."""
+        """Librdkafka settings every client uses (admin clients and readers too).
+
+        Includes the ``extra`` settings that concern the connection (``security.*``,
+        ``sasl.*``, ``ssl.*``, ``socket.*``, ``client.*``, ``broker.*``), so SASL/TLS
+        reach every client the daemon opens.
+        """
+        conn = {k: v for k, v in self.extra.items()
+                if k.split(".")[0] in ("security", "sasl", "ssl", "socket", "client", "broker")}
         return {
             "bootstrap.servers": self.bootstrap,
             "message.max.bytes": self.max_message_bytes,
             "receive.message.max.bytes": self.max_message_bytes + 1024 * 1024,
+            **conn,
         }
 
     def consumer(self, group: str, client_id: str) -> dict[str, Any]:
@@ -89,7 +101,8 @@ class KafkaConfig:
         prefetch queue stalled after ~23 raw 720p frames (25 -> 41 frames/s).
         """
         return {
-            **self.common(), "group.id": group, "client.id": client_id,
+            **self.common(), "receive.message.max.bytes": 2_147_483_647,
+            "group.id": group, "client.id": client_id,
             "isolation.level": "read_committed", "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
             "session.timeout.ms": self.session_timeout_ms,

@@ -189,7 +189,7 @@ class Daemon:
         self._stop = threading.Event()
         self._inflight: deque[InFlight] = deque()
         self._handed: dict[int, int] = {}  # seq -> payload bytes, handed to the committer
-        self._batcher = topology.make_batcher()
+        self._batcher = topology.make_batcher(kafka.max_message_bytes)
         self._seq = 0
         self._epoch = 0
         self._aborts_in_a_row = 0

@@ -133,12 +133,16 @@ class Topology:
         """``<name>.assembler`` for pixel topologies (committed assembly state), else None."""
         return f"{self.name}.assembler" if self.pixels is not None else None
 
-    def make_batcher(self) -> MessageBatcher | PixelAssembler:
-        """A fresh batcher for this topology's input format (the daemon makes one per run)."""
+    def make_batcher(self, max_record_bytes: int = 64 * 1024 * 1024
+                     ) -> MessageBatcher | PixelAssembler:
+        """A fresh batcher for this topology's input format (the daemon makes one per run).
+
+        ``max_record_bytes``: larger input records are dead-lettered by reference.
+        """
         b = self.batching
         if self.pixels is not None:
             return PixelAssembler(self.pixels, b.max_frames, b.max_wait_ms)
-        return MessageBatcher(b.max_frames, b.max_wait_ms)
+        return MessageBatcher(b.max_frames, b.max_wait_ms, max_record_bytes=max_record_bytes)
 
     def add_sink(self, node: Stream, topic: str) -> Stream:
         """Keep sink ``node`` alive and record that it writes ``topic``; return ``node``."""
