@@ -117,38 +117,45 @@ def cmd_run(args) -> int:
     except (TopologyError, ConfigError, ValueError) as exc:
         print(f"streamimg run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    signals: list[int] = []
+    daemons: list = []
+
+    def on_signal(signum, frame):
+        # Installed before any cluster starts, so a signal during start-up never orphans
+        # worker processes. The first SIGINT/SIGTERM drains and commits what is in flight;
+        # a second one ends the process at once (what was not committed is read again).
+        signals.append(signum)
+        if len(signals) > 1:
+            print("streamimg run: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        for d in daemons:
+            d.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     from distributed import Client
 
     from streamimg.cluster import in_process_cluster, local_cluster
     from streamimg.daemon import Daemon
 
-    cluster = None
-    if args.scheduler:
-        client = Client(args.scheduler, timeout="30s")
-    else:
-        cluster = (local_cluster(n_workers=args.workers) if args.processes
-                   else in_process_cluster(threads=args.workers))
-        client = Client(cluster)
-    print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
-    daemon = Daemon(topology, kafka, client, group=args.group, instance=args.instance,
-                    stats_path=Path(args.stats_file) if args.stats_file else None)
-    signals = []
-
-    def on_signal(signum, frame):
-        # The first SIGINT/SIGTERM drains and commits what is in flight; a second one
-        # ends the process at once (nothing uncommitted is lost: it is read again).
-        signals.append(signum)
-        if len(signals) > 1:
-            print("streamimg run: second signal, exiting now", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        daemon.stop()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    cluster = client = None
     try:
+        if args.scheduler:
+            client = Client(args.scheduler, timeout="30s")
+        else:
+            cluster = (local_cluster(n_workers=args.workers) if args.processes
+                       else in_process_cluster(threads=args.workers))
+            client = Client(cluster)
+        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+        daemon = Daemon(topology, kafka, client, group=args.group, instance=args.instance,
+                        stats_path=Path(args.stats_file) if args.stats_file else None)
+        daemons.append(daemon)
+        if signals:  # asked to stop while starting: nothing was consumed
+            return 0
         return daemon.run()
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
 

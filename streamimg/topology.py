@@ -111,6 +111,7 @@ class Topology:
         # streamz links downstream nodes by weak reference: without these strong
         # references a pipeline ending in sinks of ours would be garbage-collected.
         self._sinks: list[Stream] = []
+        self._checked: Program | None = None
         self.source = FrameSource(self)
 
     @property
@@ -197,11 +198,16 @@ class Topology:
         (seeded); every operator, value, drawing step and sink runs on it here,
         in this process, so mistakes surface at start-up and not per batch.
 
+        The checked program is kept: a second call returns it without running
+        anything (``load_topology`` checks, and so does the daemon).
+
         Raises
         ------
         TopologyError
             Naming the stage that failed and why.
         """
+        if self._checked is not None:
+            return self._checked
         program = self.compile()
         rng = np.random.default_rng(0)
         if self.frame_dtype.kind == "f":
@@ -219,6 +225,7 @@ class Topology:
                 f"topology {self.name!r} fails on a synthetic {h}x{w}x{c} {self.frame_dtype} "
                 f"frame at {stage}: {reason} (declare frame_shape/frame_dtype in Topology(...) "
                 "if the input differs)")
+        self._checked = program
         return program
 
     def nodes(self) -> list[Stream]:

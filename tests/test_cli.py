@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -106,3 +107,29 @@ def test_demo_end_to_end_on_a_few_frames(tmp_path):
     assert first.shape == (720 + 90, 1280, 3)  # the frame plus its palette strip (720 // 8)
     assert len((out / "analytics.jsonl").read_text().splitlines()) == 12
     assert "Dask dashboard" in done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_while_starting_leaves_no_worker_process_behind(kafka, uid, tmp_path):
+    import psutil
+
+    from tests.helpers import write_topology
+    path = write_topology(tmp_path / "t.py", f"start-{uid}", f"in-{uid}",
+                          ".to_kafka_analytics()")
+    proc = subprocess.Popen([sys.executable, "-m", "streamimg.cli", "run", str(path),
+                             "--bootstrap", kafka.bootstrap, "--processes"], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        children = []
+        while not children:  # the worker processes are being started
+            assert time.monotonic() < deadline, "no worker process started"
+            children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert code == 0, proc.stdout.read().decode()[-3000:]
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"worker processes left behind: {alive}"
