@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint demo bench chaos clean
+.PHONY: install test lint demo bench bench-peers chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,18 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+# streamimg against Quix Streams, streamz and hand-written loops (issue 7). The peers come
+# from the optional `bench` extra, in a virtualenv of their own: quixstreams 3.x pins
+# confluent-kafka<2.13, which must not downgrade the one the tests run with.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed-stamp: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[embedded,detect,test,bench]'
+	touch $@
+
+bench-peers: $(BENCH_VENV)/.installed-stamp
+	$(BENCH_VENV)/bin/python benchmarks/bench_peers.py
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) demo-output .pytest_cache .ruff_cache .hypothesis
