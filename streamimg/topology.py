@@ -74,7 +74,7 @@ class Topology:
     """
 
     def __init__(self, name: str, inputs: str | list[str], *, max_frames: int = 8,
-                 max_wait_ms: int = 100, max_in_flight: int = 4,
+                 max_wait_ms: int = 30, max_in_flight: int = 4,
                  max_in_flight_bytes: int = 512 * 1024 * 1024, partitions: int = 1,
                  pixels: PixelFrames | None = None,
                  frame_shape: tuple[int, int, int] | None = None, frame_dtype: str = "uint8"):
