@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 import streamz  # noqa: E402
 import streamz.dask  # noqa: E402, F401  (registers Stream.scatter)
-from common import CpuMeter, log, minor_faults, thread_cpu_s  # noqa: E402
+from common import CpuMeter, by_transaction, log, minor_faults, thread_cpu_s  # noqa: E402
 from streamz import Stream  # noqa: E402
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic  # noqa: E402
@@ -404,6 +404,7 @@ class Timeline(Listener):
         self.t_assign = None
         self.submits = []   # (start, seconds, frames)
         self.commits = []   # (end, transaction seconds, frames)
+        self.outcomes = []  # committed Outcomes
 
     def assigned(self, partitions):
         self.t_assign = self.t_assign or time.perf_counter()
@@ -413,6 +414,7 @@ class Timeline(Listener):
 
     def outcome(self, outcome):
         if outcome.status == "committed":
+            self.outcomes.append(outcome)
             self.commits.append((time.perf_counter(), outcome.ms / 1e3,
                                  outcome.batch.frames + len(outcome.batch.dead)))
 
@@ -420,22 +422,6 @@ class Timeline(Listener):
         return sum(c[2] for c in self.commits)
 
 
-def transactions(commits):
-    """Committed outcomes grouped by the transaction they shared (an estimate).
-
-    ``commits`` are ``(seen perf_counter, Outcome.ms)`` in order. The committer merges
-    waiting batches into one transaction and gives each its own Outcome, with the shared
-    transaction's ms measured again per batch (so a few us apart) and all handed to the
-    listener in one burst; the Outcome says nothing else about it. Outcomes seen within
-    1 ms of each other whose ms differ by under 0.5 ms count as one transaction.
-    """
-    groups = []
-    for t, ms in commits:
-        if groups and t - groups[-1][-1][0] < 1e-3 and abs(ms - groups[-1][-1][1]) < 0.5:
-            groups[-1].append((t, ms))
-        else:
-            groups.append([(t, ms)])
-    return groups
 
 
 def bench_topology(path=None):
@@ -491,14 +477,14 @@ def run_streamimg(kafka, client, n, cpu, topology_path=None):
     batches = len(commits)
     first_end, first_frames = commits[0][0], commits[0][2]
     build_s = sum(s[1] for s in submits)
-    txns = transactions([(t, x * 1e3) for t, x, _ in commits])
-    txn_s = sum(max(ms for _, ms in g) for g in txns) / 1e3  # each transaction once
+    txns = by_transaction(timeline.outcomes)
+    txn_s = sum(ms for ms in txns.values()) / 1e3  # each transaction once
     stats = daemon.stats.to_dict()
     check = output_check(kafka, sorted(topology.output_topics), n)
     dlq = read_topic(kafka, topology.dlq_topic)
     result = {
         "frames": n, "batches": batches, "exit_code": outcome.get("code"),
-        "transactions_estimated": len(txns),
+        "transactions": len(txns),
         "from_start_s": round(t_end - t_start, 3),
         "from_first_input_s": round(wall, 3),
         "frames_per_s": round(n / wall, 2),
@@ -608,8 +594,8 @@ def markdown(r):
     pt = c["ms_per_batch"]
     lines += ["", "(c) ms per batch of "
               f"{n / c['batches']:.1f} frames: " + ", ".join(f"{k} {v}" for k, v in pt.items()),
-              f"(c) {c['batches']} batches in {c.get('transactions_estimated', '?')} "
-              "transactions (estimated: the committer merges waiting batches)",
+              f"(c) {c['batches']} batches in {c['transactions']} transactions "
+              "(the committer merges waiting batches)",
               f"(c) first commit {c['first_commit_s']:.2f} s after assignment; poll thread CPU "
               f"{c['poll_thread_cpu_s']:.2f} s; backpressure pauses "
               f"{c['daemon_stats']['pauses']}; chunks resubmitted "

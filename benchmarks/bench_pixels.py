@@ -74,7 +74,7 @@ from distributed import Client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import CpuMeter, log, thread_cpu_s  # noqa: E402
+from common import CpuMeter, by_transaction, log, thread_cpu_s  # noqa: E402
 
 import streamimg  # noqa: E402
 from streamimg.admin import committed_offsets, ensure_topics, read_topic  # noqa: E402
@@ -174,6 +174,7 @@ class PixelTimeline(Listener):
 
     def __init__(self, input_topic):
         self.input_topic = input_topic
+        self.outcomes = []  # committed Outcomes
         self.t_assign = None
         self.cpu_assign = None
         self.submits = []  # dicts: t (start), ms, frames, nbytes, cpu (poll thread, s)
@@ -197,6 +198,7 @@ class PixelTimeline(Listener):
             return
         offset = max((o for (t, _), o in b.offsets.items() if t == self.input_topic),
                      default=-1)
+        self.outcomes.append(outcome)
         self.commits.append({"t": now, "txn_ms": outcome.ms, "offset": offset,
                              "frames": b.frames, "dead": len(b.dead), "records": len(b.records),
                              "latency_s": wall - b.created if b.created else float("nan"),
@@ -207,22 +209,6 @@ class PixelTimeline(Listener):
         return next((c for c in list(self.commits) if c["offset"] >= n_pixels), None)
 
 
-def transactions(commits):
-    """Committed outcomes grouped by the transaction they shared (an estimate).
-
-    ``commits`` are ``(seen perf_counter, Outcome.ms)`` in order. The committer merges
-    waiting batches into one transaction and gives each its own Outcome, with the shared
-    transaction's ms measured again per batch (so a few us apart) and all handed to the
-    listener in one burst; the Outcome says nothing else about it. Outcomes seen within
-    1 ms of each other whose ms differ by under 0.5 ms count as one transaction.
-    """
-    groups = []
-    for t, ms in commits:
-        if groups and t - groups[-1][-1][0] < 1e-3 and abs(ms - groups[-1][-1][1]) < 0.5:
-            groups[-1].append((t, ms))
-        else:
-            groups.append([(t, ms)])
-    return groups
 
 
 def committer_threads():
@@ -351,8 +337,8 @@ def run_streamimg(kafka, client, cpu, tmp, input_topic, n_pixels, n_frames, size
     from_assign = t_end - t_assign
     stats = daemon.stats.to_dict()
     submit_s = sum(s["ms"] for s in submits) / 1e3
-    txns = transactions([(c["t"], c["txn_ms"]) for c in commits])
-    txn_s = sum(max(ms for _, ms in g) for g in txns) / 1e3  # each transaction once
+    txns = by_transaction(timeline.outcomes)
+    txn_s = sum(ms for ms in txns.values()) / 1e3  # each transaction once
     poll_cpu_run = end["cpu"] - timeline.cpu_assign
     # Poll-thread CPU between submits: consume + assembly (batcher.add/take) + hand-over of
     # finished batches (gather, records) + outcomes; the listener cannot split these further.
@@ -368,7 +354,7 @@ def run_streamimg(kafka, client, cpu, tmp, input_topic, n_pixels, n_frames, size
     }
     result = {
         "pixels": n_pixels, "frames": n_frames, "batches": batches,
-        "transactions_estimated": len(txns),
+        "transactions": len(txns),
         "variant": variant or "topologies/pixel_convolution.py", "exit_code": outcome.get("code"),
         "from_start_s": round(wall, 3),
         "pixels_per_s": round(n_pixels / wall, 1),
@@ -692,9 +678,8 @@ def markdown(r):
               f"commit {a['startup_s']['assign_to_first_commit']:.2f} s after assignment "
               f"({a['first_commit_frames']} frames, input offset {a['first_commit_pixels']:,}); "
               f"ms per batch: " + ", ".join(f"{k} {v}" for k, v in a["ms_per_batch"].items()),
-              f"(a) {a['batches']} batches in {a['transactions_estimated']} transactions "
-              "(estimated: the committer merges waiting batches; Outcome.ms per batch is the "
-              "shared transaction's, counted once here)",
+              f"(a) {a['batches']} batches in {a['transactions']} transactions "
+              "(the committer merges waiting batches; each transaction's ms counted once)",
               f"(a) daemon stats: batches_committed {ds['batches_committed']}, aborted "
               f"{ds['batches_aborted']}, chunks_resubmitted {ds['chunks_resubmitted']}, pauses "
               f"{ds['pauses']}, commit_ms {ds['commit_ms']:.0f} (sums Outcome.ms per batch; "
