@@ -7,9 +7,9 @@ of them heavy:
    topology's batcher, which closes a :class:`~streamimg.batching.Batch` at
    ``max_frames`` frames or ``max_wait_ms`` (frame messages), or when frames
    are assembled (pixels);
-2. submit the batch as one task per chunk, one chunk per worker thread
-   (:func:`streamimg.worker.run_chunk` with the payloads as arguments, so Dask
-   can rerun a chunk on another worker when one dies);
+2. hand the batch to the :class:`~streamimg.dispatch.Dispatcher`, which runs
+   it on Dask as one task per chunk, one chunk per worker thread, and resubmits
+   chunks lost with a worker;
 3. when the oldest batch's chunks are done, hand the records, dead letters and
    offsets as a :class:`~streamimg.sinks.checkpoint.FinishedBatch` to the
    :class:`~streamimg.sinks.checkpoint.Committer`, a thread that commits
@@ -43,22 +43,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from distributed import Client, Future, wait
+from distributed import Client
 
 from streamimg.admin import ensure_topics, partitions_of, read_record
-from streamimg.batching import Batch, DeadLetter
+from streamimg.batching import Batch
 from streamimg.config import KafkaConfig
+from streamimg.dispatch import ChunkFailed, Dispatcher
 from streamimg.sinks.checkpoint import (
     Checkpoint,
     Committer,
@@ -67,26 +66,10 @@ from streamimg.sinks.checkpoint import (
     Outcome,
 )
 from streamimg.topology import Topology
-from streamimg.worker import HANDOFF, ChunkResult, run_chunk, run_local_chunk
 
 log = logging.getLogger("streamimg.daemon")
 
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
-
-
-@dataclass
-class InFlight:
-    """A batch computing on Dask: one future per chunk of frames ``bounds[j]``."""
-
-    seq: int
-    epoch: int
-    batch: Batch
-    bounds: list[tuple[int, int]]
-    futures: list[Future]
-    attempts: list[int]
-    nbytes: int
-    created: float
-    handoffs: list[str] = field(default_factory=list)
 
 
 class Listener:
@@ -173,13 +156,13 @@ class Daemon:
                  chunk_retries: int = 3, max_aborts: int = 5):
         self.topology = topology
         self.program = topology.check()
-        self._token, self._blob = self.program.pickled()
         self.kafka = kafka
         self.client = client
         self.group = group or topology.name
         self.instance = instance
         self.transactional_id = f"{topology.name}-{instance}"
         self.run_id = uuid.uuid4().hex[:12]
+        self._dispatch = Dispatcher(client, self.program, self.run_id, chunk_retries)
         self.drain_timeout_s = drain_timeout_s
         self.stats_path = stats_path
         self.stats = Stats(run=self.run_id)
@@ -187,7 +170,6 @@ class Daemon:
         self.chunk_retries = chunk_retries
         self.max_aborts = max_aborts
         self._stop = threading.Event()
-        self._inflight: deque[InFlight] = deque()
         self._handed: dict[int, int] = {}  # seq -> payload bytes, handed to the committer
         self._batcher = topology.make_batcher(kafka.max_message_bytes)
         self._seq = 0
@@ -196,8 +178,6 @@ class Daemon:
         self._last_txn = 0
         self._bound_since: float | None = None
         self._paused: list[TopicPartition] = []
-        self._threads: tuple[float, dict[str, int]] = (0.0, {})  # (time read, nthreads)
-        self._in_process = False  # every Dask worker runs in this process
         poll_ms = float(kafka.extra.get("max.poll.interval.ms", 300_000))
         self._pause_s = min(5.0, poll_ms / 3e3)
         self._consumer: Consumer | None = None
@@ -225,7 +205,7 @@ class Daemon:
         checkpoint = Checkpoint(self.kafka.producer(self.transactional_id))
         checkpoint.start()  # fences an older instance before we read anything
         self._committer = Committer(checkpoint)
-        self._in_process = self._check_in_process()
+        self._dispatch.start()
         self._consumer = Consumer(self.kafka.consumer(
             self.group, f"{self.transactional_id}-{self.run_id}"))
         self._consumer.subscribe(t.inputs, on_assign=self._on_assign,
@@ -269,7 +249,7 @@ class Daemon:
             self._resume()
             # consume(n, timeout) waits for n messages or the timeout: a long timeout would
             # hold a batch's first frames past max_wait_ms (measured: p50 latency +150 ms).
-            timeout = min(batcher.wait_s(), 0.005 if self._inflight else 0.01)
+            timeout = min(batcher.wait_s(), 0.005 if self._dispatch.inflight else 0.01)
             for m in self._consumer.consume(num_messages=max(1, batcher.room()),
                                             timeout=timeout):
                 self._add(m)
@@ -288,141 +268,40 @@ class Daemon:
 
     # -- batches -----------------------------------------------------------------------
 
-    def _workers(self) -> dict[str, int]:
-        """Worker address -> threads, read from the scheduler every 2 s at most."""
-        read, workers = self._threads
-        if time.monotonic() - read > 2.0 or not workers:
-            try:
-                workers = dict(self.client.nthreads())
-            except Exception as exc:  # noqa: BLE001 - keep the last list; submit will tell
-                log.warning("cannot read the cluster's workers: %s", exc)
-            self._threads = (time.monotonic(), workers)
-        return workers
-
-    def _check_in_process(self) -> bool:
-        try:
-            pids = self.client.run(os.getpid)
-        except Exception as exc:  # noqa: BLE001 - then assume remote workers
-            log.warning("cannot ask the workers for their pids: %s", exc)
-            return False
-        return bool(pids) and set(pids.values()) == {os.getpid()}
-
     def _submit(self, batch: Batch) -> None:
         start = time.perf_counter()
         self._seq += 1
-        n = len(batch.frames)
-        self.stats.frames_in += n + len(batch.dead)
-        k = min(n, max(1, sum(self._workers().values())))
-        bounds = [(j * n // k, (j + 1) * n // k) for j in range(k)] if n else []
-        nbytes = sum(_nbytes(p) for p in batch.payloads)
-        item = InFlight(self._seq, self._epoch, batch, bounds, [], [0] * len(bounds), nbytes,
-                        time.time())
-        self._inflight.append(item)
+        self.stats.frames_in += len(batch.frames) + len(batch.dead)
         try:
-            item.futures = [self._submit_chunk(item, j) for j in range(len(bounds))]
-        except _ClusterUnavailable as exc:
-            log.error("%s; discarding the work in flight and rewinding", exc)
-            self._failed_in_a_row()
-            self._rewind()
-            time.sleep(1.0)  # give the cluster a moment before the batches are read again
+            item = self._dispatch.submit(self._seq, self._epoch, batch)
+        except ChunkFailed as exc:
+            self._infrastructure_failed(exc)
             return
         ms = (time.perf_counter() - start) * 1e3
         for listener in self.listeners:
-            listener.submitted(item.seq, n, nbytes, ms)
-
-    def _submit_chunk(self, item: InFlight, j: int) -> Future:
-        lo, hi = item.bounds[j]
-        b = item.batch
-        key = f"{self.topology.name}-chunk-{uuid.uuid4().hex}"
-        if self._in_process:  # hand the payloads over in memory: no copy
-            HANDOFF[key] = (b.frames[lo:hi], b.payloads[lo:hi])
-            item.handoffs.append(key)
-            return self.client.submit(run_local_chunk, self._token, self._blob, key, b.decode,
-                                      self.run_id, key=key, pure=False, priority=-item.seq)
-        # Remote workers: payloads go straight to one worker (one hop; as task arguments
-        # they went through the scheduler: 94 against 76 ms per 4-frame 720p chunk,
-        # measured). If that worker dies the chunk is lost and resubmitted from here.
-        for attempt in range(3):
-            workers = sorted(self._workers()) or [None]
-            target = workers[(item.seq + j + item.attempts[j] + attempt) % len(workers)]
-            where = [target] if target else None
-            try:
-                data = self.client.scatter(b.payloads[lo:hi], workers=where, hash=False,
-                                           direct=True, timeout=10)
-            except Exception as exc:  # noqa: BLE001 - a worker died since we listed them
-                log.warning("batch %d: sending chunk %d to %s failed (%s: %s)", item.seq, j,
-                            target, type(exc).__name__, exc)
-                self._threads = (0.0, {})  # list the workers again
-                continue
-            return self.client.submit(run_chunk, self._token, self._blob, b.frames[lo:hi],
-                                      data, b.decode, self.run_id, key=key, pure=False,
-                                      priority=-item.seq, workers=where,
-                                      allow_other_workers=True)
-        raise _ClusterUnavailable(f"batch {item.seq}: no worker took chunk {j} in 3 tries")
+            listener.submitted(item.seq, len(batch.frames), item.nbytes, ms)
 
     def _hand_over_ready(self) -> None:
-        """Hand every finished batch at the head of the queue to the committer."""
-        while self._inflight and all(f.done() for f in self._inflight[0].futures):
-            item = self._inflight[0]
-            if not self._collect(item):
-                return
-            self._inflight.popleft()
+        """Hand every computed batch, oldest first, to the committer."""
+        try:
+            finished = self._dispatch.ready()
+        except ChunkFailed as exc:
+            self._infrastructure_failed(exc)
+            return
+        self.stats.chunks_resubmitted = self._dispatch.resubmitted
+        for d in finished:
+            item, b = d.item, d.item.batch
+            self._handed[item.seq] = item.nbytes
+            self._committer.put(FinishedBatch(
+                item.seq, item.epoch, self.run_id, d.frames_out, d.records, d.dead,
+                self.topology.dlq_topic, b.offsets, self._consumer.consumer_group_metadata(),
+                b.states, self.topology.state_topic, item.created))
 
-    def _collect(self, item: InFlight) -> bool:
-        lost = [j for j, f in enumerate(item.futures) if f.status != "finished"]
-        results: list[ChunkResult] = []
-        if not lost:
-            try:
-                results = self.client.gather(item.futures)
-            except Exception as exc:  # noqa: BLE001 - a worker died under the gather
-                log.warning("batch %d: gathering failed (%s: %s)", item.seq,
-                            type(exc).__name__, exc)
-                lost = [j for j, f in enumerate(item.futures) if f.status != "finished"]
-                lost = lost or list(range(len(item.futures)))
-        if lost:
-            for j in lost:
-                fut = item.futures[j]
-                why = _task_error(fut)
-                if item.attempts[j] >= self.chunk_retries:
-                    log.error("batch %d: chunk %d failed %d times (%s); discarding the work in "
-                              "flight and rewinding", item.seq, j, item.attempts[j] + 1, why)
-                    self._failed_in_a_row()
-                    self._rewind()
-                    return False
-                item.attempts[j] += 1
-                self.stats.chunks_resubmitted += 1
-                log.warning("batch %d: chunk %d lost (%s); resubmitting (attempt %d)",
-                            item.seq, j, why, item.attempts[j] + 1)
-                try:
-                    item.futures[j] = self._submit_chunk(item, j)
-                except _ClusterUnavailable as exc:
-                    log.error("%s; discarding the work in flight and rewinding", exc)
-                    self._failed_in_a_row()
-                    self._rewind()
-                    time.sleep(1.0)
-                    return False
-            return False
-        _release(item)
-        b = item.batch
-        records: list[tuple[str, Any, Any, list]] = []
-        for s, topic in enumerate(self.program.topics):
-            for r in results:
-                records.extend((topic, k, v, h) for k, v, h in r.records[s])
-        dead = list(b.dead)
-        for (lo, _), r in zip(item.bounds, results, strict=True):
-            for i, stage, reason in r.failures:
-                info, (key, value, headers) = b.frames[lo + i], b.original(lo + i)
-                where = "decode" if stage == "decode" else "process"
-                why = reason if stage in ("decode", "process") else f"{stage}: {reason}"
-                dead.append(DeadLetter(info.topic, info.partition, info.offset, key, value,
-                                       list(headers or ()), where, why))
-        self._handed[item.seq] = item.nbytes
-        self._committer.put(FinishedBatch(
-            item.seq, item.epoch, self.run_id, len(b.frames) - (len(dead) - len(b.dead)),
-            records, dead, self.topology.dlq_topic, b.offsets,
-            self._consumer.consumer_group_metadata(), b.states, self.topology.state_topic,
-            item.created))
-        return True
+    def _infrastructure_failed(self, exc: ChunkFailed) -> None:
+        log.error("%s; discarding the work in flight and rewinding", exc)
+        self._failed_in_a_row()
+        self._rewind()
+        time.sleep(1.0)  # give the cluster a moment before the batches are read again
 
     def _handle_outcomes(self, wait_s: float = 0.0) -> None:
         for o in self._committer.outcomes(wait_s):
@@ -469,8 +348,8 @@ class Daemon:
     # -- backpressure and the watchdog ---------------------------------------------------
 
     def _open(self) -> tuple[int, int]:
-        batches = len(self._inflight) + len(self._handed)
-        return batches, sum(i.nbytes for i in self._inflight) + sum(self._handed.values())
+        batches = len(self._dispatch.inflight) + len(self._handed)
+        return batches, self._dispatch.nbytes + sum(self._handed.values())
 
     def _at_bound(self) -> bool:
         cfg = self.topology.batching
@@ -483,11 +362,8 @@ class Daemon:
         return at
 
     def _backpressure(self) -> None:
-        if self._inflight:
-            try:
-                wait(self._inflight[0].futures, timeout=0.05, return_when="FIRST_COMPLETED")
-            except Exception:  # noqa: BLE001 - timeouts and cancelled futures alike: look again
-                pass
+        if self._dispatch.inflight:
+            self._dispatch.wait_head(0.05)
         else:
             self._handle_outcomes(wait_s=0.05)
         if self._bound_since is not None and time.monotonic() - self._bound_since > self._pause_s:
@@ -524,13 +400,7 @@ class Daemon:
         self._epoch += 1
         if self._committer is not None:
             self._committer.discard_before(self._epoch)
-        for item in self._inflight:
-            _release(item)
-            try:
-                self.client.cancel(item.futures)
-            except Exception as exc:  # noqa: BLE001 - cancelling is best effort
-                log.debug("cancel failed: %s", exc)
-        self._inflight.clear()
+        self._dispatch.discard()
         self._batcher.drop(None)
 
     def _rewind(self, partitions: list[TopicPartition] | None = None) -> None:
@@ -551,16 +421,12 @@ class Daemon:
     def _drain(self, timeout_s: float) -> bool:
         """Finish and commit every batch in flight within ``timeout_s``; False if not all did."""
         deadline = time.monotonic() + timeout_s
-        while self._inflight or self._committer.pending:
+        while self._dispatch.inflight or self._committer.pending:
             if time.monotonic() > deadline:
                 return False
             self._hand_over_ready()
-            if self._inflight:
-                try:
-                    wait(self._inflight[0].futures, timeout=0.05, return_when="FIRST_COMPLETED")
-                except Exception:  # noqa: BLE001
-                    pass
-            self._handle_outcomes(wait_s=0.0 if self._inflight else 0.05)
+            self._dispatch.wait_head(0.05)
+            self._handle_outcomes(wait_s=0.0 if self._dispatch.inflight else 0.05)
         self._handle_outcomes()
         return True
 
@@ -616,27 +482,3 @@ class Daemon:
             tmp = Path(f"{self.stats_path}.tmp")
             tmp.write_text(json.dumps(self.stats.to_dict()))
             tmp.replace(self.stats_path)
-
-
-class _ClusterUnavailable(RuntimeError):
-    """No Dask worker could be given a chunk (the cluster is down or changing)."""
-
-
-def _release(item: InFlight) -> None:
-    for key in item.handoffs:
-        HANDOFF.pop(key, None)
-    item.handoffs.clear()
-
-
-def _nbytes(payload: Any) -> int:
-    return int(getattr(payload, "nbytes", None) or len(payload))
-
-
-def _task_error(fut: Future) -> str:
-    if fut.status == "error":
-        try:
-            exc = fut.exception(timeout=1)
-        except Exception as e:  # noqa: BLE001
-            exc = e
-        return f"{type(exc).__name__}: {exc}"
-    return fut.status

@@ -143,7 +143,7 @@ def test_an_in_process_cluster_gets_payloads_without_copies(kafka, bikes, uid):
     topology.source.gaussian_blur(1.0).to_kafka_frames("raw")
     with in_process_cluster(threads=2) as cluster, Client(cluster) as client:
         daemon, _ = run_to_end(topology, kafka, client, topic, ends)
-    assert daemon._in_process and not HANDOFF
+    assert daemon._dispatch.in_process and not HANDOFF
     from streamimg.admin import read_topic
     from streamimg.codecs.frame import decode_payload, parse_header
     from streamimg.operators.blur import blur_frame
