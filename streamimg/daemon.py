@@ -142,6 +142,10 @@ class Daemon:
     chunk_retries, max_aborts : int
         Resubmissions of a chunk whose task failed as a whole, and aborted
         transactions in a row, before the daemon gives up (see module docstring).
+    progress_s : float
+        Seconds between INFO progress lines (frames/s in and out, lag per
+        partition in records, batches and MB in flight, last commit latency);
+        0 turns them off.
 
     Raises
     ------
@@ -153,7 +157,7 @@ class Daemon:
                  group: str | None = None, instance: str = "0",
                  drain_timeout_s: float = 60.0, stats_path: Path | None = None,
                  listeners: Sequence[Listener] = (),
-                 chunk_retries: int = 3, max_aborts: int = 5):
+                 chunk_retries: int = 3, max_aborts: int = 5, progress_s: float = 10.0):
         self.topology = topology
         self.program = topology.check()
         self.kafka = kafka
@@ -169,6 +173,7 @@ class Daemon:
         self.listeners = list(listeners)
         self.chunk_retries = chunk_retries
         self.max_aborts = max_aborts
+        self.progress_s = progress_s
         self._stop = threading.Event()
         self._handed: dict[int, int] = {}  # seq -> payload bytes, handed to the committer
         self._batcher = topology.make_batcher(kafka.max_message_bytes)
@@ -176,6 +181,8 @@ class Daemon:
         self._epoch = 0
         self._aborts_in_a_row = 0
         self._last_txn = 0
+        self._last_progress = (0.0, 0, 0)  # (monotonic, frames in, frames out)
+        self._last_latency_ms = 0.0
         self._bound_since: float | None = None
         self._paused: list[TopicPartition] = []
         poll_ms = float(kafka.extra.get("max.poll.interval.ms", 300_000))
@@ -243,6 +250,7 @@ class Daemon:
             self._handle_outcomes()
             self._hand_over_ready()
             self._watchdog()
+            self._progress()
             if self._at_bound():
                 self._backpressure()
                 continue
@@ -335,9 +343,37 @@ class Daemon:
             self.stats.transactions += 1
             self.stats.commit_ms += o.ms
         self.stats.last_commit = time.time()
+        if b.created:
+            self._last_latency_ms = (self.stats.last_commit - b.created) * 1e3
         for listener in self.listeners:
             listener.outcome(o)
         self._write_stats()
+
+    def _progress(self) -> None:
+        """Every ``progress_s``, one INFO line: rates, lag per partition, work in flight."""
+        now = time.monotonic()
+        last, frames_in, frames_out = self._last_progress
+        if self.progress_s <= 0 or now - last < self.progress_s:
+            return
+        self._last_progress = (now, self.stats.frames_in, self.stats.frames_out)
+        if last == 0.0:
+            return
+        lag = {}
+        for tp in self._consumer.assignment():
+            try:  # cached: the embedded broker's ListOffsets("latest") is wrong
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                pos = self._consumer.position([tp])[0].offset
+            except Exception:  # noqa: BLE001 - lag is best effort
+                continue
+            if high >= 0 and pos >= 0:
+                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - pos)
+        span = now - last
+        batches, nbytes = self._open()
+        log.info("progress: %.1f frames/s in, %.1f out; lag %s; %d batches (%.0f MB) in flight; "
+                 "last commit %.0f ms after its batch closed; %d dead letters, %d aborts",
+                 (self.stats.frames_in - frames_in) / span,
+                 (self.stats.frames_out - frames_out) / span, lag or "-", batches, nbytes / 1e6,
+                 self._last_latency_ms, self.stats.dead_letters, self.stats.batches_aborted)
 
     def _failed_in_a_row(self) -> None:
         self._aborts_in_a_row += 1

@@ -152,3 +152,27 @@ def test_an_in_process_cluster_gets_payloads_without_copies(kafka, bikes, uid):
     for m, frame in zip(out, bikes[:8], strict=True):
         got = decode_payload(parse_header(m.headers()), m.value())
         np.testing.assert_array_equal(got, blur_frame(frame, 1.0))
+
+
+def test_the_daemon_logs_its_progress(kafka, client, bikes, uid, caplog):
+    topic, name = f"in-{uid}", f"progress-{uid}"
+    ensure_topics(kafka, [topic])
+    ends = produce_frames(kafka, topic, (SourceFrame(i, i, f) for i, f in enumerate(bikes[:12])),
+                          stream="s")
+    topology = streamimg.Topology(name, inputs=topic, max_frames=2)
+    topology.source.map_frames(
+        lambda x: x.map_blocks(lambda b: (time.sleep(0.2), b)[1], dtype=x.dtype)
+    ).to_kafka_frames("raw")
+    caplog.set_level("INFO", logger="streamimg.daemon")
+    daemon = Daemon(topology, kafka, client, progress_s=0.5)
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        wait_until(lambda: committed_offsets(kafka, name, [topic]).get((topic, 0), -1) >= ends[0],
+                   120, "all committed")
+    finally:
+        daemon.stop()
+        thread.join(60)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert lines, [r.getMessage() for r in caplog.records]
+    assert "frames/s in" in lines[0] and f"{topic}[0]" in "".join(lines)
