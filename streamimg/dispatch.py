@@ -194,7 +194,7 @@ class Dispatcher:
             where = [target] if target else None
             try:
                 data = self.client.scatter(b.payloads[lo:hi], workers=where, hash=False,
-                                           direct=True, timeout=10)
+                                           direct=True, timeout=5)
             except Exception as exc:  # noqa: BLE001 - a worker died since we listed them
                 log.warning("batch %d: sending chunk %d to %s failed (%s: %s)", item.seq, j,
                             target, type(exc).__name__, exc)
