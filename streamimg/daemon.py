@@ -40,14 +40,12 @@ committed. On assign, positions and state come from the committed offsets.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +56,7 @@ from streamimg.admin import ensure_topics, partitions_of, read_record
 from streamimg.batching import Batch
 from streamimg.config import KafkaConfig
 from streamimg.dispatch import ChunkFailed, Dispatcher
+from streamimg.observe import Listener, Stats
 from streamimg.sinks.checkpoint import (
     Checkpoint,
     Committer,
@@ -70,49 +69,6 @@ from streamimg.topology import Topology
 log = logging.getLogger("streamimg.daemon")
 
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
-
-
-class Listener:
-    """Observes a daemon (metrics, benchmarks, tests): override the methods you need.
-
-    Every method runs on the daemon's poll thread and must return quickly.
-    """
-
-    def assigned(self, partitions: list[tuple[str, int]]) -> None:
-        """Partitions ``(topic, partition)`` were assigned to this instance."""
-
-    def revoked(self, partitions: list[tuple[str, int]]) -> None:
-        """Partitions were revoked (or lost); their work in flight is finished or discarded."""
-
-    def submitted(self, seq: int, frames: int, nbytes: int, ms: float) -> None:
-        """Batch ``seq`` of ``frames`` frames (``nbytes`` payload bytes) went to Dask in ``ms``."""
-
-    def outcome(self, outcome: Outcome) -> None:
-        """A batch was committed or aborted (``outcome.status``; ``outcome.ms`` its transaction)."""
-
-
-@dataclass
-class Stats:
-    """Counters of one daemon run (frames, batches, ms), written to ``stats_path``."""
-
-    run: str
-    started: float = field(default_factory=time.time)
-    frames_in: int = 0
-    frames_out: int = 0
-    dead_letters: int = 0
-    records_out: int = 0
-    batches_committed: int = 0
-    transactions: int = 0
-    batches_aborted: int = 0
-    chunks_resubmitted: int = 0
-    rebalances: int = 0
-    pauses: int = 0
-    commit_ms: float = 0.0
-    last_commit: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready counters."""
-        return dataclasses.asdict(self)
 
 
 class Daemon:
