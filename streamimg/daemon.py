@@ -56,7 +56,7 @@ from streamimg.admin import ensure_topics, partitions_of, read_record
 from streamimg.batching import Batch
 from streamimg.config import KafkaConfig
 from streamimg.dispatch import ChunkFailed, Dispatcher
-from streamimg.observe import Listener, Stats
+from streamimg.observe import Listener, Progress, Stats, consumer_lag
 from streamimg.sinks.checkpoint import (
     Checkpoint,
     Committer,
@@ -129,7 +129,6 @@ class Daemon:
         self.listeners = list(listeners)
         self.chunk_retries = chunk_retries
         self.max_aborts = max_aborts
-        self.progress_s = progress_s
         self._stop = threading.Event()
         self._handed: dict[int, int] = {}  # seq -> payload bytes, handed to the committer
         self._batcher = topology.make_batcher(kafka.max_message_bytes)
@@ -137,8 +136,7 @@ class Daemon:
         self._epoch = 0
         self._aborts_in_a_row = 0
         self._last_txn = 0
-        self._last_progress = (0.0, 0, 0)  # (monotonic, frames in, frames out)
-        self._last_latency_ms = 0.0
+        self._progress_log = Progress(progress_s)
         self._bound_since: float | None = None
         self._paused: list[TopicPartition] = []
         poll_ms = float(kafka.extra.get("max.poll.interval.ms", 300_000))
@@ -196,7 +194,7 @@ class Daemon:
                 if not hung:
                     checkpoint.close(abandon=code == EXIT_FATAL)
                 self.topology.destroy()
-                self._write_stats()
+                self.stats.write(self.stats_path)
         log.info("run %s stopped: %s", self.run_id, json.dumps(self.stats.to_dict()))
         return code
 
@@ -300,36 +298,15 @@ class Daemon:
             self.stats.commit_ms += o.ms
         self.stats.last_commit = time.time()
         if b.created:
-            self._last_latency_ms = (self.stats.last_commit - b.created) * 1e3
+            self.stats.last_commit_latency_ms = (self.stats.last_commit - b.created) * 1e3
         for listener in self.listeners:
             listener.outcome(o)
-        self._write_stats()
+        self.stats.write(self.stats_path)
 
     def _progress(self) -> None:
-        """Every ``progress_s``, one INFO line: rates, lag per partition, work in flight."""
-        now = time.monotonic()
-        last, frames_in, frames_out = self._last_progress
-        if self.progress_s <= 0 or now - last < self.progress_s:
-            return
-        self._last_progress = (now, self.stats.frames_in, self.stats.frames_out)
-        if last == 0.0:
-            return
-        lag = {}
-        for tp in self._consumer.assignment():
-            try:  # cached: the embedded broker's ListOffsets("latest") is wrong
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                pos = self._consumer.position([tp])[0].offset
-            except Exception:  # noqa: BLE001 - lag is best effort
-                continue
-            if high >= 0 and pos >= 0:
-                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - pos)
-        span = now - last
-        batches, nbytes = self._open()
-        log.info("progress: %.1f frames/s in, %.1f out; lag %s; %d batches (%.0f MB) in flight; "
-                 "last commit %.0f ms after its batch closed; %d dead letters, %d aborts",
-                 (self.stats.frames_in - frames_in) / span,
-                 (self.stats.frames_out - frames_out) / span, lag or "-", batches, nbytes / 1e6,
-                 self._last_latency_ms, self.stats.dead_letters, self.stats.batches_aborted)
+        if self._progress_log.due():
+            log.info("%s", self._progress_log.line(self.stats, consumer_lag(self._consumer),
+                                                   *self._open()))
 
     def _failed_in_a_row(self) -> None:
         self._aborts_in_a_row += 1
@@ -468,9 +445,3 @@ class Daemon:
         self._rewind(kept)
         for listener in self.listeners:
             listener.revoked(sorted(lost))
-
-    def _write_stats(self) -> None:
-        if self.stats_path:
-            tmp = Path(f"{self.stats_path}.tmp")
-            tmp.write_text(json.dumps(self.stats.to_dict()))
-            tmp.replace(self.stats_path)

@@ -1,4 +1,4 @@
-"""What a running daemon tells the outside: its counters and its listeners.
+"""What a running daemon tells the outside: counters, listeners, a progress line.
 
 :class:`Stats` are the run's counters (written as JSON by ``--stats-file``);
 :class:`Listener` is the public hook through which metrics, benchmarks and tests
@@ -8,8 +8,10 @@ observe the hot path without touching the daemon's internals.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from streamimg.sinks.checkpoint import Outcome
@@ -52,7 +54,59 @@ class Stats:
     pauses: int = 0
     commit_ms: float = 0.0
     last_commit: float = 0.0
+    last_commit_latency_ms: float = 0.0  # batch closed -> its transaction committed
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready counters."""
         return dataclasses.asdict(self)
+
+    def write(self, path: Path | None) -> None:
+        """Write the counters to ``path`` as JSON, atomically (nothing when None)."""
+        if path:
+            tmp = Path(f"{path}.tmp")
+            tmp.write_text(json.dumps(self.to_dict()))
+            tmp.replace(path)
+
+
+def consumer_lag(consumer: Any) -> dict[str, int]:
+    """Records behind the high watermark per assigned partition, ``{"topic[p]": n}``.
+
+    Uses cached watermarks (from fetch responses): the embedded broker's
+    ListOffsets("latest") is wrong. Partitions without a position yet are left out.
+    """
+    lag = {}
+    for tp in consumer.assignment():
+        try:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            pos = consumer.position([tp])[0].offset
+        except Exception:  # noqa: BLE001 - lag is best effort
+            continue
+        if high >= 0 and pos >= 0:
+            lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - pos)
+    return lag
+
+
+class Progress:
+    """One INFO line every ``interval_s`` seconds (<= 0: never) from a run's :class:`Stats`."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._last: tuple[float, int, int] | None = None  # (monotonic, frames in, out)
+        self._started = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether a line is due now."""
+        since = self._last[0] if self._last else self._started
+        return self.interval_s > 0 and time.monotonic() - since >= self.interval_s
+
+    def line(self, stats: Stats, lag: dict[str, int], batches: int, nbytes: int) -> str:
+        """The progress line: frames/s in and out since the last line, lag, work in flight."""
+        now = time.monotonic()
+        since, fin, fout = self._last or (self._started, 0, 0)
+        self._last = (now, stats.frames_in, stats.frames_out)
+        span = max(now - since, 1e-9)
+        return (f"progress: {(stats.frames_in - fin) / span:.1f} frames/s in, "
+                f"{(stats.frames_out - fout) / span:.1f} out; lag {lag or '-'}; {batches} "
+                f"batches ({nbytes / 1e6:.0f} MB) in flight; last commit "
+                f"{stats.last_commit_latency_ms:.0f} ms after its batch closed; "
+                f"{stats.dead_letters} dead letters, {stats.batches_aborted} aborts")
