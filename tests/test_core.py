@@ -176,3 +176,40 @@ def test_the_daemon_logs_its_progress(kafka, client, bikes, uid, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
     assert lines, [r.getMessage() for r in caplog.records]
     assert "frames/s in" in lines[0] and f"{topic}[0]" in "".join(lines)
+
+
+def test_waiting_for_a_batch_does_not_spin_when_one_chunk_is_done():
+    # A batch of two chunks where the first finishes at once and the second takes 3 s: the
+    # poll thread's wait must block on the running chunk. It once returned at once whenever
+    # a chunk of the oldest batch had finished, and the poll thread spun through Dask's
+    # event loop (30 % of a core) while the workers starved of the GIL.
+    from distributed import Client
+
+    from streamimg.batching import Batch, FrameInfo
+    from streamimg.cluster import in_process_cluster
+    from streamimg.codecs.frame import encode_frame, parse_header
+    from streamimg.dispatch import Dispatcher
+
+    def slow_on_frame_one(x):
+        return x.map_blocks(lambda b: (time.sleep(3.0 if b[0, 0, 0, 0] == 1 else 0), b)[1],
+                            dtype=x.dtype)
+
+    topology = streamimg.Topology("spin", inputs="x", frame_shape=(4, 4, 3))
+    topology.source.map_frames(slow_on_frame_one).to_kafka_frames(encoding="raw")
+    messages = [encode_frame(np.full((4, 4, 3), i, np.uint8), stream="s", index=i)
+                for i in range(2)]
+    batch = Batch([FrameInfo("x", 0, i, b"s", parse_header(h)) for i, (_, h) in
+                   enumerate(messages)], [v for v, _ in messages], [], {("x", 0): 2})
+    with in_process_cluster(threads=2) as cluster, Client(cluster) as client:
+        dispatch = Dispatcher(client, topology.check(), run="r")
+        dispatch.start()
+        item = dispatch.submit(1, 0, batch)
+        assert len(item.futures) == 2
+        wait_until(lambda: item.futures[0].done(), 30, "the fast chunk")
+        calls, started = 0, time.monotonic()
+        while not dispatch.ready() and time.monotonic() - started < 60:
+            dispatch.wait_head(0.5)
+            calls += 1
+        assert not dispatch.inflight
+        # ~3 s of waiting in 0.5 s waits: a handful of calls, not thousands.
+        assert calls <= 12, calls
