@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint demo bench bench-peers chaos clean
+.PHONY: install test lint docs demo bench bench-peers chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,detect,test]'
+	$(BIN)/pip install --quiet -e '.[embedded,detect,test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -17,7 +17,12 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check streamimg tests benchmarks topologies
 
-test: lint
+# The API reference, from the docstrings, warnings as errors; a fresh build each time (-E:
+# Sphinx does not notice a changed docstring otherwise).
+docs: $(STAMP)
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
+
+test: lint docs
 	$(BIN)/pytest -q
 
 chaos: $(STAMP)
@@ -43,4 +48,4 @@ bench-peers: $(BENCH_VENV)/.installed-stamp
 	$(BENCH_VENV)/bin/python benchmarks/bench_peers.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) demo-output .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) demo-output quickstart docs/_build .pytest_cache .ruff_cache .hypothesis

