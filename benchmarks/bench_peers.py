@@ -367,7 +367,8 @@ def run_streamimg(ctx, name, level, topic, monitor, config):
     path.write_text(TOPOLOGY.format(name=name, topic=topic, level=level, batching=", ".join(
         f"{k}={v}" for k, v in batching.items())))
     cmd = [sys.executable, "-m", "streamimg.cli", "run", str(path), "--bootstrap",
-           ctx.kafka.bootstrap, "--instance", "0", "--stats-file", str(ctx.tmp / f"{name}.json")]
+           ctx.kafka.bootstrap, "--instance", "0", "--stats-file", str(ctx.tmp / f"{name}.json"),
+           "--create-topics"]
     for k, v in config.items():  # anything else is a `streamimg run` option
         if k not in BATCHING:
             cmd += [f"--{k.replace('_', '-')}", *([] if v is True else [str(v)])]

@@ -7,12 +7,40 @@ transaction in ``sinks.checkpoint``). ``daemon`` drives it; ``stream``
 registers the chainable methods on ``streamz.Stream``.
 """
 
-from streamimg import stream as _stream  # noqa: F401  (registers the Stream methods)
-from streamimg.assembly import PixelFrames
-from streamimg.batching import Batch, FrameInfo
-from streamimg.config import BatchConfig, ConfigError, KafkaConfig
-from streamimg.topology import Topology, TopologyError, load_topology
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The names below are imported on first use (PEP 562), so `import streamimg.cli` (the
+# `streamimg` command) stays light: `streamimg --help` starts in well under a second.
+# Creating a Topology registers the Stream methods (``streamimg.stream``).
+_LAZY = {"PixelFrames": "streamimg.assembly", "Batch": "streamimg.batching",
+         "FrameInfo": "streamimg.batching", "BatchConfig": "streamimg.config",
+         "ConfigError": "streamimg.config", "KafkaConfig": "streamimg.config",
+         "Topology": "streamimg.topology", "TopologyError": "streamimg.topology",
+         "load_topology": "streamimg.topology"}
+
+if TYPE_CHECKING:
+    from streamimg.assembly import PixelFrames
+    from streamimg.batching import Batch, FrameInfo
+    from streamimg.config import BatchConfig, ConfigError, KafkaConfig
+    from streamimg.topology import Topology, TopologyError, load_topology
 
 __all__ = ["Batch", "BatchConfig", "ConfigError", "FrameInfo", "KafkaConfig", "PixelFrames",
            "Topology", "TopologyError", "load_topology"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (``streamimg.Topology`` and the like)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'streamimg' has no attribute {name!r}")
+    importlib.import_module("streamimg.stream")  # registers the Stream methods
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -8,6 +8,8 @@ group's committed offsets.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -22,7 +24,52 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamimg.config import KafkaConfig
+from streamimg.config import ConfigError, KafkaConfig, KafkaLog
+
+
+class BrokerUnreachable(ConnectionError):
+    """No broker answered a metadata request in time; the message names the address."""
+
+
+class MissingTopicError(ConfigError):
+    """A topic that must exist does not; the message names it and close matches."""
+
+
+def connect(kafka: KafkaConfig, timeout_s: float = 5.0) -> set[str]:
+    """Check that the cluster answers within ``timeout_s`` s; return its topic names.
+
+    librdkafka's log lines of this probe go to DEBUG only (a refused connection is
+    retried many times a second): the exception says it once.
+
+    Raises
+    ------
+    BrokerUnreachable
+        If no broker at ``kafka.bootstrap`` answers within ``timeout_s`` seconds.
+    """
+    admin = AdminClient({**kafka.common(), "logger": KafkaLog(cap=logging.DEBUG)})
+    try:
+        meta = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        reason = exc.args[0].str().removeprefix("Failed to get metadata: ")
+        raise BrokerUnreachable(f"no Kafka broker answered at {kafka.bootstrap} within "
+                                f"{timeout_s:g} s: {reason}") from None
+    return {name for name, t in meta.topics.items() if t.error is None}
+
+
+def require_topics(existing: Iterable[str], topics: Iterable[str], what: str = "topic") -> None:
+    """Check that every name of ``topics`` is in ``existing`` (from :func:`connect`).
+
+    Raises
+    ------
+    MissingTopicError
+        Naming the first missing topic and up to three existing topics with close names.
+    """
+    existing = set(existing)
+    for name in topics:
+        if name not in existing:
+            close = difflib.get_close_matches(name, sorted(existing), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise MissingTopicError(f"{what} {name!r} does not exist{hint}")
 
 
 def ensure_topics(kafka: KafkaConfig, topics: Iterable[str], partitions: int = 1,

@@ -1,8 +1,21 @@
-"""The ``streamimg`` command: broker, produce, run, consume, demo.
+"""The ``streamimg`` command: broker, produce, produce-pixels, run, consume, demo.
 
-Exit codes: 0 success; 2 bad arguments, topology or configuration (nothing
-consumed); 3 fatal Kafka error (e.g. fenced by a newer instance); 1 other
-failures (``demo``: some input frame lacks exactly one committed result).
+Every mistake ends in one line on stderr, ``streamimg <command>: <what> (<what to do>)``,
+and one of these exit codes; ``--verbose`` (alias ``--debug``) adds the traceback and
+debug logging (librdkafka's own lines included)::
+
+    0    success; also run and broker stopped by SIGINT/SIGTERM (Ctrl-C)
+    1    other failure (demo: an input frame lacks exactly one committed result)
+    2    usage, configuration or topology error; a missing or unreadable input file;
+         a topic that does not exist (run without --create-topics, consume)
+    3    fatal Kafka error, e.g. fenced by a newer instance with the same --instance
+    4    broker unreachable within --connect-timeout seconds (checked first)
+    130  interrupted: produce stopped by Ctrl-C after delivering what it had read
+
+Commands that talk to Kafka check that a broker answers before anything else (before
+a Dask cluster starts or an input is read past its first frame). ``produce`` skips
+unreadable images of a folder with a warning line each, lists them as ``skipped`` in
+its summary and still exits 0: every readable frame was delivered.
 """
 
 from __future__ import annotations
@@ -14,11 +27,13 @@ import os
 import signal
 import sys
 import threading
+from itertools import chain
 from pathlib import Path
 
-import numpy as np
+from streamimg.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError, error_line
 
-EXIT_CONFIG = 2
+# Heavy modules (numpy, dask, distributed, cv2, confluent_kafka) are imported inside the
+# commands: `streamimg --help` must start in well under a second.
 
 
 def _kafka(args):
@@ -29,13 +44,20 @@ def _kafka(args):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--kafka {item!r}: expected KEY=VALUE (a librdkafka setting)")
-        if key == "session.timeout.ms":
-            fields["session_timeout_ms"] = int(value)
-        elif key == "heartbeat.interval.ms":
-            fields["heartbeat_interval_ms"] = int(value)
+        if key in ("session.timeout.ms", "heartbeat.interval.ms"):
+            if not value.isdigit():
+                raise ConfigError(f"--kafka {item!r}: {key} must be a whole number of ms")
+            fields[key.replace(".", "_")] = int(value)  # session_timeout_ms, ...
         else:
             extra[key] = value
     return KafkaConfig(bootstrap=args.bootstrap, extra=extra, **fields)
+
+
+def _connect(args, kafka) -> set[str]:
+    """Check the broker answers (exit 4 otherwise); return the existing topic names."""
+    from streamimg.admin import connect
+
+    return connect(kafka, args.connect_timeout)
 
 
 def cmd_broker(args) -> int:
@@ -58,56 +80,120 @@ def cmd_broker(args) -> int:
 
 
 def cmd_produce(args) -> int:
-    """Publish a video file or a folder of images as frame messages."""
+    """Publish a video file or a folder of images as frame messages.
+
+    Checks, in order: the source exists and its first frame decodes (exit 2), the broker
+    answers (exit 4). Ctrl-C stops reading; what was read is delivered and summarised
+    (exit 130); a second Ctrl-C exits at once.
+    """
+    from streamimg.config import check_topic
+
+    kafka = _kafka(args)
+    check_topic(args.topic)
+    source = Path(args.source)
+    if not source.exists():
+        raise CommandError(f"no such file or folder: {source}",
+                           "give a video file or a folder of images")
     from rich.progress import Progress
 
     from streamimg.admin import ensure_topics
     from streamimg.sources.video import produce_frames, read_images, read_video
 
-    source = Path(args.source)
-    kafka = _kafka(args)
-    frames = (read_images(source, frame_step=args.frame_step, limit=args.limit)
+    skipped: list[str] = []
+
+    def skip(path: Path, reason: str) -> None:
+        skipped.append(path.name)
+        print(f"streamimg produce: skipping {path}: not a readable image ({reason})",
+              file=sys.stderr, flush=True)
+
+    frames = (read_images(source, frame_step=args.frame_step, limit=args.limit, on_skip=skip)
               if source.is_dir() else
               read_video(source, frame_step=args.frame_step, limit=args.limit, loop=args.loop))
+    try:
+        first = next(frames, None)  # before connecting: a text file given as video fails here
+    except ValueError as exc:
+        raise CommandError(str(exc), "give a video file FFmpeg can read, or a folder of "
+                                     "images") from None
+    if first is None:
+        raise CommandError(f"{source} has no frames to publish",
+                           "give a folder with .png/.jpg/... images, or a video")
+    _connect(args, kafka)
     ensure_topics(kafka, [args.topic], args.partitions)
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        if interrupted.is_set():
+            print("streamimg produce: second Ctrl-C, exiting now; frames still queued are "
+                  "not delivered", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
+        interrupted.set()
+        print("streamimg produce: interrupted; delivering the frames read so far "
+              "(Ctrl-C again to drop them)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    sent = 0
+
+    def advance(_frame) -> None:
+        nonlocal sent
+        sent += 1
+        progress.advance(task)
+
     with Progress(transient=True) as progress:
         task = progress.add_task(f"producing {source.name} -> {args.topic}", total=args.limit)
-        ends = produce_frames(kafka, args.topic, frames, stream=args.stream or source.stem,
-                              encoding=args.encoding,
-                              on_frame=lambda f: progress.advance(task))
-    print(json.dumps({"topic": args.topic, "end_offsets": ends, "frames": sum(ends.values())}))
-    return 0
+        ends = produce_frames(kafka, args.topic, chain([first], frames),
+                              stream=args.stream or source.stem, encoding=args.encoding,
+                              on_frame=advance, stop=interrupted.is_set)
+    print(json.dumps({"topic": args.topic, "end_offsets": ends, "frames": sent,
+                      "skipped": skipped, "interrupted": interrupted.is_set()}), flush=True)
+    return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_OK
 
 
 def cmd_produce_pixels(args) -> int:
     """Publish an image as pixel messages ``name;frame;x;y;v`` (grey, 0-255), key = name."""
-    from confluent_kafka import Producer
+    import numpy as np
     from PIL import Image
+
+    from streamimg.config import check_topic
+
+    kafka = _kafka(args)
+    check_topic(args.topic)
+    path = Path(args.image)
+    if not path.is_file():
+        raise CommandError(f"no such image file: {path}", "give an image file Pillow reads")
+    try:
+        with Image.open(path) as im:
+            grey = np.asarray(im.convert("L"), dtype=np.float64)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CommandError(f"{path} is not a readable image ({exc})",
+                           "give a PNG, JPEG, BMP, TIFF or WebP file") from None
+    _connect(args, kafka)
+    from confluent_kafka import Producer
 
     from streamimg.admin import ensure_topics, produce
     from streamimg.codecs.pixel import frame_to_pixels
 
-    with Image.open(args.image) as im:
-        grey = np.asarray(im.convert("L"), dtype=np.float64)
-    kafka = _kafka(args)
     ensure_topics(kafka, [args.topic], args.partitions)
     producer = Producer({**kafka.producer(), "enable.idempotence": True, "linger.ms": 20})
-    name = args.name or Path(args.image).stem
+    name = args.name or path.stem
     sent = 0
     for index in range(args.frames):
         for value in frame_to_pixels(name, index, grey, binary=args.binary):
             produce(producer, args.topic, value=value, key=name.encode())
             sent += 1
     if producer.flush(60) > 0:
-        print(f"streamimg produce-pixels: {len(producer)} records undelivered", file=sys.stderr)
-        return 1
+        raise CommandError(f"{len(producer)} of {sent} records undelivered after 60 s",
+                           "check the broker, then send the image again", EXIT_FAILED)
     print(json.dumps({"topic": args.topic, "name": name, "height": grey.shape[0],
                       "width": grey.shape[1], "frames": args.frames, "records": sent}))
     return 0
 
 
 def cmd_run(args) -> int:
-    """Load a topology and run it as a daemon until SIGINT/SIGTERM."""
+    """Load a topology and run it as a daemon until SIGINT/SIGTERM.
+
+    Before any Dask cluster starts: the topology loads (exit 2), the broker answers
+    (exit 4), the input topics exist or ``--create-topics`` creates them (exit 2).
+    """
     from streamimg.config import ConfigError
     from streamimg.topology import TopologyError, load_topology
 
@@ -115,8 +201,18 @@ def cmd_run(args) -> int:
         topology = load_topology(args.topology)
         kafka = _kafka(args)
     except (TopologyError, ConfigError, ValueError) as exc:
-        print(f"streamimg run: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise CommandError(str(exc)) from None
+    existing = _connect(args, kafka)
+    missing = [t for t in topology.inputs if t not in existing]
+    if missing and args.create_topics:
+        from streamimg.admin import ensure_topics
+
+        ensure_topics(kafka, missing, topology.partitions)
+        logging.getLogger("streamimg.cli").info("created input topics %s", missing)
+    elif missing:
+        from streamimg.admin import require_topics
+
+        require_topics(existing, topology.inputs, "input topic")
     signals: list[int] = []
     daemons: list = []
 
@@ -135,7 +231,7 @@ def cmd_run(args) -> int:
         signal.signal(sig, on_signal)
     from distributed import Client
 
-    from streamimg.cluster import in_process_cluster, local_cluster
+    from streamimg.cluster import dashboard_link, in_process_cluster, local_cluster
     from streamimg.daemon import Daemon
 
     cluster = client = None
@@ -146,7 +242,7 @@ def cmd_run(args) -> int:
             cluster = (local_cluster(n_workers=args.workers) if args.processes
                        else in_process_cluster(threads=args.workers))
             client = Client(cluster)
-        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+        print(f"Dask dashboard: {dashboard_link(client)}", file=sys.stderr, flush=True)
         daemon = Daemon(topology, kafka, client, group=args.group, instance=args.instance,
                         stats_path=Path(args.stats_file) if args.stats_file else None)
         daemons.append(daemon)
@@ -161,124 +257,156 @@ def cmd_run(args) -> int:
 
 
 def cmd_consume(args) -> int:
-    """Print a topic's committed records as JSON lines; optionally save frames as files."""
-    from streamimg.admin import read_topic
-    from streamimg.codecs.frame import FrameDecodeError, decode_payload, parse_header
+    """Print a topic's committed records as JSON lines; optionally save frames as files.
 
+    Frame records show their decoded headers, pixel records their fields
+    (see :mod:`streamimg.describe`).
+    """
+    kafka = _kafka(args)
+    existing = _connect(args, kafka)
+    from streamimg.admin import read_topic, require_topics
+    from streamimg.describe import describe, save_frame
+
+    require_topics(existing, [args.topic])
     save = Path(args.save_dir) if args.save_dir else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
-    for m in read_topic(_kafka(args), args.topic, timeout_s=args.timeout):
-        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in m.headers() or ()}
-        line = {"topic": m.topic(), "partition": m.partition(), "offset": m.offset(),
-                "key": (m.key() or b"").decode("utf-8", "replace"), "headers": headers}
-        try:
-            line["value"] = json.loads(m.value())
-        except (TypeError, ValueError):
-            line["value_bytes"] = len(m.value() or b"")
-        if save and "streamimg.encoding" in headers:
+    for m in read_topic(kafka, args.topic, timeout_s=args.timeout):
+        line = describe(m)
+        if save and "frame" in line:
             try:
-                header = parse_header(m.headers())
-                frame = decode_payload(header, m.value())
-            except FrameDecodeError as exc:
+                line["saved"] = str(save_frame(m, save))
+            except ValueError as exc:
                 line["save_error"] = str(exc)
-            else:
-                from streamimg.analytics.annotate import encode_image
-
-                path = save / f"{header.stream}_{header.frame:06d}.png"
-                rgb = frame if header.order != "BGR" else frame[:, :, ::-1]
-                path.write_bytes(encode_image(rgb if rgb.shape[2] != 1 else rgb[:, :, 0], "png"))
-                line["saved"] = str(path)
         print(json.dumps(line), flush=True)
     return 0
 
 
 def cmd_demo(args) -> int:
-    """Run the main job on a real clip with everything embedded (see ``streamimg.demo``)."""
+    """Run the main job on two real clips with everything embedded (see ``streamimg.demo``)."""
     from streamimg.demo import run_demo
 
     return run_demo(topology=Path(args.topology), output=Path(args.output), limit=args.limit,
-                    loop=args.loop, encoding=args.encoding, workers=args.workers)
+                    loop=args.loop, encoding=args.encoding, workers=args.workers,
+                    keep=args.keep)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help (not None/False); the epilog's line breaks kept."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``streamimg`` command."""
-    p = argparse.ArgumentParser(prog="streamimg", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    """The argument parser of the ``streamimg`` command (imports nothing heavy)."""
+    codes = __doc__.split("::\n\n")[1].split("\n\n")[0]  # the table of the docstring
+    p = argparse.ArgumentParser(prog="streamimg", epilog="exit codes:\n" + codes,
+                                description=__doc__.splitlines()[0].replace("``", ""),
+                                formatter_class=_Formatter)
+    p.add_argument("-v", "--verbose", "--debug", action="store_true",
+                   help="debug logging, and a traceback with every error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", "--debug", action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="debug logging, and a traceback with every error")
+    kafka = argparse.ArgumentParser(add_help=False)
+    kafka.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka host:port[,...]")
+    kafka.add_argument("--kafka", action="append", metavar="KEY=VALUE",
+                       help="extra librdkafka setting (repeatable)")
+    kafka.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="exit 4 if no broker answers within this time")
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker")
-    b.add_argument("--port", type=int, default=9092)
-    b.set_defaults(fn=cmd_broker)
+    def command(name, help, fn, talks_to_kafka=False):
+        sp = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter,
+                            parents=[common, kafka] if talks_to_kafka else [common])
+        sp.set_defaults(fn=fn)
+        return sp
 
-    def bootstrap(sp):
-        sp.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka host:port")
-        sp.add_argument("--kafka", action="append", metavar="KEY=VALUE",
-                        help="extra librdkafka setting (repeatable)")
+    b = command("broker", "run the embedded Kafka-compatible broker", cmd_broker)
+    b.add_argument("--port", type=int, default=9092, help="loopback port to listen on")
 
-    pr = sub.add_parser("produce", help="publish a video file or image folder as frames")
+    pr = command("produce", "publish a video file or image folder as frames", cmd_produce,
+                 True)
     pr.add_argument("source", help="video file (any FFmpeg format) or folder of images")
-    pr.add_argument("--topic", required=True)
-    bootstrap(pr)
-    pr.add_argument("--stream", help="stream id (record key); the file name by default")
-    pr.add_argument("--frame-step", type=int, default=1)
-    pr.add_argument("--limit", type=int)
+    pr.add_argument("--topic", required=True, help="topic to publish to (created if missing)")
+    pr.add_argument("--stream", help="stream id (record key); the file name when omitted")
+    pr.add_argument("--frame-step", type=int, default=1, help="keep every N-th frame")
+    pr.add_argument("--limit", type=int, help="stop after this many frames (all when omitted)")
     pr.add_argument("--loop", type=int, default=1, help="read a video this many times")
-    pr.add_argument("--encoding", choices=["raw", "png", "jpeg"], default="raw")
+    pr.add_argument("--encoding", choices=["raw", "png", "jpeg"], default="raw",
+                    help="frame payload encoding")
     pr.add_argument("--partitions", type=int, default=1, help="when creating the topic")
-    pr.set_defaults(fn=cmd_produce)
 
-    px = sub.add_parser("produce-pixels", help="publish an image as pixel messages")
+    px = command("produce-pixels", "publish an image as pixel messages", cmd_produce_pixels,
+                 True)
     px.add_argument("image", help="any image Pillow reads; sent as grey 0-255")
-    px.add_argument("--topic", required=True)
-    bootstrap(px)
-    px.add_argument("--name", help="image name in the records (the file stem by default)")
+    px.add_argument("--topic", required=True, help="topic to publish to (created if missing)")
+    px.add_argument("--name", help="image name in the records (the file stem when omitted)")
     px.add_argument("--frames", type=int, default=1, help="send the image as this many frames")
     px.add_argument("--binary", action="store_true", help="binary pixel layout, not text")
     px.add_argument("--partitions", type=int, default=1, help="when creating the topic")
-    px.set_defaults(fn=cmd_produce_pixels)
 
-    r = sub.add_parser("run", help="run a topology as a long-lived daemon")
+    r = command("run", "run a topology as a long-lived daemon", cmd_run, True)
     r.add_argument("topology", help="topology file, e.g. topologies/video_analysis.py")
-    bootstrap(r)
+    r.add_argument("--create-topics", action="store_true",
+                   help="create missing input topics (outputs and the DLQ are always "
+                        "created); without it a missing input topic exits 2")
     r.add_argument("--scheduler", help="Dask scheduler address; a LocalCluster when omitted")
     r.add_argument("--workers", type=int, default=2,
                    help="local worker threads (in the daemon's process), or worker processes "
-                        "with --processes (default 2)")
+                        "with --processes")
     r.add_argument("--processes", action="store_true",
                    help="run local workers as processes instead of threads in this process")
-    r.add_argument("--group", help="consumer group (the topology name by default)")
+    r.add_argument("--group", help="consumer group (the topology name when omitted)")
     r.add_argument("--instance", default="0",
                    help="stable instance id: transactional.id is <topology>-<instance>")
     r.add_argument("--stats-file", help="write run counters here as JSON after each commit")
-    r.set_defaults(fn=cmd_run)
 
-    c = sub.add_parser("consume", help="print a topic's committed records as JSON lines")
-    c.add_argument("topic")
-    bootstrap(c)
-    c.add_argument("--save-dir", help="write frame records as PNG files here")
-    c.add_argument("--timeout", type=float, default=60.0)
-    c.set_defaults(fn=cmd_consume)
+    c = command("consume", "print a topic's committed records as JSON lines", cmd_consume,
+                True)
+    c.add_argument("topic", help="an existing topic")
+    c.add_argument("--save-dir", help="write 8-bit frame records as PNG files here")
+    c.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to reach the end of every partition")
 
-    d = sub.add_parser("demo", help="the main job on a real clip, everything embedded")
-    d.add_argument("--topology", default="topologies/video_analysis.py")
-    d.add_argument("--output", default="demo-output")
-    d.add_argument("--limit", type=int, help="frames to publish (all 132 by default)")
-    d.add_argument("--loop", type=int, default=1)
-    d.add_argument("--encoding", choices=["raw", "png", "jpeg"], default="raw")
-    d.add_argument("--workers", type=int, default=2)
-    d.set_defaults(fn=cmd_demo)
+    d = command("demo", "the main job on two real clips, everything embedded", cmd_demo)
+    d.add_argument("--topology", default="topologies/video_analysis.py", help="topology file")
+    d.add_argument("--output", default="demo-output", help="folder for pictures and summary")
+    d.add_argument("--limit", type=int,
+                   help="frames to publish per clip (all by default: 132 and 120)")
+    d.add_argument("--loop", type=int, default=1, help="read each clip this many times")
+    d.add_argument("--encoding", choices=["raw", "png", "jpeg"], default="raw",
+                   help="input frame encoding")
+    d.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    d.add_argument("--keep", action="store_true",
+                   help="after the summary, keep broker, daemon and dashboard up until Ctrl-C")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``streamimg`` command; returns the exit code."""
+    """Entry point of the ``streamimg`` command; returns the exit code (see above)."""
     args = build_parser().parse_args(argv)
+    # Read by distributed when it is first imported (later, by the command that needs it):
+    # its INFO lines (scheduler and worker start-up, ~40 a run) go unless asked for.
+    if not args.verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.verbose:
+            logging.getLogger("streamimg.cli").exception("streamimg %s failed", args.command)
+        code, what, hint = error_line(exc, args.command)
+        print(f"streamimg {args.command}: {what}" + (f" ({hint})" if hint else ""),
+              file=sys.stderr, flush=True)
+        return code
 
 
 if __name__ == "__main__":

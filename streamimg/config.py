@@ -6,7 +6,10 @@ fails before any offset moves.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +19,39 @@ TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic charact
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the setting."""
+
+
+class KafkaLog:
+    """Where librdkafka's own log lines go: Python logging, at sensible levels.
+
+    confluent-kafka calls ``log(level, fmt, *args)`` (its ``logger`` setting) from
+    ``poll``/``flush``/``consume``. Lines go to the ``streamimg.kafka`` logger at most
+    at WARNING (the errors that matter reach the code as exceptions or error events),
+    and a line repeated within ``quiet_s`` seconds (librdkafka retries a refused
+    connection many times a second) goes to DEBUG. ``KafkaLog(cap=logging.DEBUG)``
+    sends everything to DEBUG (used while probing a broker that may be down).
+    """
+
+    def __init__(self, cap: int = logging.WARNING, quiet_s: float = 60.0):
+        self.logger = logging.getLogger("streamimg.kafka")
+        self.cap, self.quiet_s = cap, quiet_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """Log one librdkafka line (``level`` is a Python logging level)."""
+        text = msg % args if args else msg
+        key = re.sub(r"\d+", "#", text)  # "after 0ms", "3 identical error(s)": same line
+        now = time.monotonic()
+        with self._lock:
+            repeat = now - self._last.get(key, -1e9) < self.quiet_s
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = now
+        self.logger.log(logging.DEBUG if repeat else min(level, self.cap), "%s", text)
+
+
+KAFKA_LOG = KafkaLog()
 
 
 def check_topic(name: str, what: str = "topic") -> str:
@@ -81,7 +117,8 @@ class KafkaConfig:
 
         Includes the ``extra`` settings that concern the connection (``security.*``,
         ``sasl.*``, ``ssl.*``, ``socket.*``, ``client.*``, ``broker.*``), so SASL/TLS
-        reach every client the daemon opens.
+        reach every client the daemon opens, and ``logger`` (:data:`KAFKA_LOG`), so
+        librdkafka's own lines go through Python logging, never raw to stderr.
         """
         conn = {k: v for k, v in self.extra.items()
                 if k.split(".")[0] in ("security", "sasl", "ssl", "socket", "client", "broker")}
@@ -89,6 +126,7 @@ class KafkaConfig:
             "bootstrap.servers": self.bootstrap,
             "message.max.bytes": self.max_message_bytes,
             "receive.message.max.bytes": self.max_message_bytes + 1024 * 1024,
+            "logger": KAFKA_LOG,
             **conn,
         }
 

@@ -78,6 +78,8 @@ class Topology:
                  max_in_flight_bytes: int = 512 * 1024 * 1024, partitions: int = 1,
                  pixels: PixelFrames | None = None,
                  frame_shape: tuple[int, int, int] | None = None, frame_dtype: str = "uint8"):
+        import streamimg.stream  # noqa: F401  (registers the Stream methods; imports us)
+
         try:
             self.name = check_topic(name, "topology name")
             self.inputs = [check_topic(t, "input topic") for t in
@@ -116,17 +118,17 @@ class Topology:
 
     @property
     def frames_topic(self) -> str:
-        """Default topic for processed frames: ``<name>.frames``."""
+        """Default topic for processed frames, ``<name>.frames``."""
         return f"{self.name}.frames"
 
     @property
     def analytics_topic(self) -> str:
-        """Default topic for analytics records: ``<name>.analytics``."""
+        """Default topic for analytics records, ``<name>.analytics``."""
         return f"{self.name}.analytics"
 
     @property
     def dlq_topic(self) -> str:
-        """Dead-letter topic: ``<name>.dlq``."""
+        """Dead-letter topic, ``<name>.dlq``."""
         return f"{self.name}.dlq"
 
     @property

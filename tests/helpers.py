@@ -40,7 +40,8 @@ def start_daemon(topology: Path, kafka: KafkaConfig, cluster, log: Path, instanc
     """Start ``streamimg run`` as a child process on the shared cluster (or ``scheduler``)."""
     cmd = [sys.executable, "-m", "streamimg.cli", "run", str(topology),
            "--bootstrap", kafka.bootstrap,
-           "--scheduler", scheduler or cluster.scheduler_address, "--instance", instance, *extra]
+           "--scheduler", scheduler or cluster.scheduler_address, "--instance", instance,
+           "--create-topics", *extra]
     for k, v in TEST_KAFKA.items():
         cmd += ["--kafka", f"{k}={v}"]
     with open(log, "ab") as out:

@@ -55,7 +55,9 @@ def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = Non
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If ``frame_step``/``loop`` < 1, or the file has no video stream.
+        If ``frame_step``/``loop`` < 1, or the file is not a video FFmpeg can open
+        (e.g. a text file) or has no video stream; the message names the file.
+        Raised by the first ``next()``, before any frame.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,7 +68,11 @@ def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = Non
     kept = seen = 0
     offset_ms = 0.0
     for _ in range(loop):
-        with av.open(str(path)) as container:
+        try:
+            container = av.open(str(path))
+        except av.FFmpegError as exc:
+            raise ValueError(f"{path} is not a video FFmpeg can read ({exc})") from None
+        with container:
             if not container.streams.video:
                 raise ValueError(f"{path} has no video stream")
             stream = container.streams.video[0]
@@ -86,16 +92,20 @@ def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = Non
             offset_ms += duration_ms + 1e3 / rate
 
 
-def read_images(folder: str | Path, *, frame_step: int = 1,
-                limit: int | None = None) -> Iterator[SourceFrame]:
+def read_images(folder: str | Path, *, frame_step: int = 1, limit: int | None = None,
+                on_skip: Callable[[Path, str], None] | None = None) -> Iterator[SourceFrame]:
     """Read the images of a folder in name order, as RGB uint8 (alpha dropped, grey expanded).
+
+    A frame's ``index`` is the file's position in that order (after ``frame_step``), so a
+    skipped file leaves a gap. ``on_skip(path, reason)``, when given, is called for each
+    file that cannot be decoded, and the file is skipped; without it such a file raises.
 
     Raises
     ------
     FileNotFoundError
         If ``folder`` is not a directory.
     ValueError
-        If an image cannot be decoded (names the file).
+        If an image cannot be decoded (names the file) and ``on_skip`` is None.
     """
     from PIL import Image
 
@@ -108,8 +118,11 @@ def read_images(folder: str | Path, *, frame_step: int = 1,
         try:
             with Image.open(p) as im:
                 image = np.asarray(im.convert("RGB"))
-        except OSError as exc:
-            raise ValueError(f"{p}: cannot decode image: {exc}") from exc
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            if on_skip is None:
+                raise ValueError(f"{p}: cannot decode image: {exc}") from exc
+            on_skip(p, str(exc))
+            continue
         yield SourceFrame(i, int(p.stat().st_mtime * 1000), image)
         kept += 1
         if limit is not None and kept >= limit:
@@ -119,8 +132,13 @@ def read_images(folder: str | Path, *, frame_step: int = 1,
 def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame], *,
                    stream: str, encoding: str = "raw", partition: int | None = None,
                    on_frame: Callable[[SourceFrame], None] | None = None,
+                   stop: Callable[[], bool] | None = None,
                    timeout_s: float = 60.0) -> dict[int, int]:
     """Publish frames as frame messages (key = ``stream``) with an idempotent producer.
+
+    Every frame taken from ``frames`` is queued and then flushed, also when ``frames``
+    raises (the error propagates after the flush) or when ``stop()`` (checked after each
+    frame) returns True, which ends the reading early.
 
     Returns
     -------
@@ -144,16 +162,20 @@ def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame]
         else:
             ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
 
-    for f in frames:
-        value, headers = encode_frame(f.image, stream=stream, index=f.index,
-                                      timestamp_ms=f.timestamp_ms, encoding=encoding)
-        kwargs = {} if partition is None else {"partition": partition}
-        produce(producer, topic, value=value, key=stream.encode(), headers=headers,
-                on_delivery=delivered, **kwargs)
-        if on_frame:
-            on_frame(f)
-    if producer.flush(timeout_s) > 0:
-        errors.append(f"{len(producer)} frames undelivered after {timeout_s} s")
+    try:
+        for f in frames:
+            value, headers = encode_frame(f.image, stream=stream, index=f.index,
+                                          timestamp_ms=f.timestamp_ms, encoding=encoding)
+            kwargs = {} if partition is None else {"partition": partition}
+            produce(producer, topic, value=value, key=stream.encode(), headers=headers,
+                    on_delivery=delivered, **kwargs)
+            if on_frame:
+                on_frame(f)
+            if stop is not None and stop():
+                break
+    finally:  # what was read is delivered, whatever ended the reading
+        if producer.flush(timeout_s) > 0:
+            errors.append(f"{len(producer)} frames undelivered after {timeout_s} s")
     if errors:
         raise RuntimeError(f"producing to {topic} failed: {errors[:3]}")
     return ends
