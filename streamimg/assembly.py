@@ -10,9 +10,9 @@ Rules (all configurable through :class:`PixelFrames`, all documented in the READ
 - A frame is emitted when all ``height * width`` pixels have arrived, or when
   its window (``window_ms`` after its first pixel arrived) closes. An
   incomplete frame is then either emitted with its missing pixels filled with
-  ``fill`` and a mask (``incomplete="mask"``), or dead-lettered whole as a
-  frame message with NaN where pixels are missing (``incomplete="dlq"``).
-  Never silently.
+  ``fill`` and a mask (``incomplete="mask"``, with a warning naming the
+  missing pixel count), or dead-lettered whole as a frame message with NaN
+  where pixels are missing (``incomplete="dlq"``). Never silently.
 - Duplicated pixels (same frame and coordinates twice while the frame is open):
   the last value wins (``duplicates="last"``) or the first (``"first"``); the
   pixel counts once. A pixel for a frame already emitted is dead-lettered as
@@ -33,6 +33,7 @@ spread over partitions owned by different daemon instances cannot assemble.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ from streamimg.config import ConfigError
 from streamimg.worker import array_block
 
 STATE_VERSION = 1
+
+log = logging.getLogger("streamimg.assembly")
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,11 @@ class PixelAssembler:
     def _close_incomplete(self, key: tuple[str, int], frame: _Open, why: str) -> None:
         total = frame.values.size
         if self.config.incomplete == "mask":
+            # Never silently (the dlq policy's dead letter is logged when it commits).
+            log.warning("incomplete frame %s#%d: %d of %d pixels missing (%s; frames are "
+                        "%dx%d); emitted with a mask, missing pixels set to %s", key[0], key[1],
+                        total - frame.count, total, why, self.config.height, self.config.width,
+                        self.config.fill)
             self._mark_ready(key, frame)
             return
         self._closed[key] = dict(frame.last)

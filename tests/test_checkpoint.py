@@ -1,12 +1,14 @@
-"""The Committer on a real broker: batches merged into one transaction, epochs dropped."""
+"""The Committer on a real broker: batches merged into one transaction, epochs dropped,
+fencing found by an idle committer's probe."""
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
-from streamimg.sinks.checkpoint import Checkpoint, Committer, FinishedBatch
+from streamimg.sinks.checkpoint import Checkpoint, Committer, FinishedBatch, fencing_probe
 from tests.harness.checker import read_topic_log
+from tests.helpers import wait_until
 
 
 def batch(seq, epoch, topic, offset, metadata):
@@ -43,3 +45,33 @@ def test_waiting_batches_share_a_transaction_and_discarded_epochs_never_commit(k
     log = read_topic_log(kafka.bootstrap, f"{topic}.out")
     assert [m.kind for m in log.markers] == ["commit"] * 3  # (1, 2, 3), (4, 5), (7)
     assert committed_offsets(kafka, group, [topic]) == {(topic, 0): 7}
+
+
+def test_an_idle_committer_probes_and_learns_it_was_fenced(kafka, uid):
+    topic, group = f"in-{uid}", f"g-{uid}"
+    ensure_topics(kafka, [topic, f"{topic}.out", f"{topic}.dlq"])
+    consumer = Consumer(kafka.consumer(group, "c"))
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    checkpoint = Checkpoint(kafka.producer(f"t-{uid}"))
+    checkpoint.start()
+    probe = fencing_probe(kafka.consumer(f"t-{uid}.fencing-probe", "p"), topic)
+    committer = Committer(checkpoint, probe=probe, probe_idle_s=0.2)
+    newer = None
+    try:
+        wait_until(lambda: committer.probes >= 2, 60, "two probes while alone")
+        assert committer.fatal_error is None
+        newer = Producer(kafka.producer(f"t-{uid}"))
+        newer.init_transactions(30)  # what a second instance with the same id does first
+        wait_until(lambda: committer.fatal_error, 60, "the probe to find the newer producer")
+        assert "took over" in committer.fatal_error
+        committer.put(batch(1, 0, topic, 1, consumer.consumer_group_metadata()))
+        assert committer.wait_idle(60)
+        assert [o.status for o in committer.outcomes()] == ["dropped"]
+    finally:
+        committer.stop(30)
+        checkpoint.close(abandon=True)
+        consumer.close()
+    # The probes commit offset 0 for their own group; the real group is never touched.
+    assert committed_offsets(kafka, f"t-{uid}.fencing-probe", [topic]) == {(topic, 0): 0}
+    assert all(o < 0 for o in committed_offsets(kafka, group, [topic]).values())
+    assert read_topic(kafka, f"{topic}.out") == []

@@ -90,23 +90,30 @@ def test_broker_command_serves_and_stops_on_sigterm():
 
 
 @pytest.mark.timeout(300)
-def test_demo_end_to_end_on_a_few_frames(tmp_path):
+def test_demo_streams_two_clips_and_shows_the_faces(tmp_path):
     out = tmp_path / "demo"
-    done = streamimg("demo", "--limit", "12", "--output", str(out), timeout=280)
+    done = streamimg("demo", "--limit", "4", "--output", str(out), timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames_in"] == summary["frames_out"] == 12
+    assert summary["frames_in"] == summary["frames_out"] == 8  # 4 frames of each clip
     assert summary["exactly_once"] is True and summary["daemon_exit_code"] == 0
     assert summary["frames_per_s"] > 0 and summary["elapsed_s"] > 0
     assert set(summary["topics"]["outputs"]) == {"video_analysis.frames",
                                                  "video_analysis.analytics"}
     assert {"faces", "palette", "encode"} <= set(summary["stage_ms_per_frame"])
-    pngs = sorted(out.glob("bigbuckbunny_*.png"))
-    assert len(pngs) == 12
-    first = np.asarray(Image.open(pngs[0]))
-    assert first.shape == (720 + 90, 1280, 3)  # the frame plus its palette strip (720 // 8)
-    assert len((out / "analytics.jsonl").read_text().splitlines()) == 12
-    assert "Dask dashboard" in done.stderr
+    assert summary["streams"]["carphone_pristine"]["faces"] > 0
+    assert summary["faces_detected"] > 0
+    assert f"{summary['faces_detected']} faces detected" in " ".join(done.stderr.split())
+    # Output frames keep the encoding they were produced in (the topology's JPEG).
+    assert not list(out.glob("*.png"))
+    bunny, phone = sorted(out.glob("bigbuckbunny_*.jpg")), sorted(out.glob("carphone_*.jpg"))
+    assert len(bunny) == len(phone) == 4
+    with Image.open(bunny[0]) as im:  # the frame plus its palette strip (height // 8)
+        assert (im.format, im.size) == ("JPEG", (1280, 720 + 90))
+    with Image.open(phone[0]) as im:
+        assert (im.format, im.size) == ("JPEG", (176, 144 + 18))
+    assert len((out / "analytics.jsonl").read_text().splitlines()) == 8
+    assert "Dask dashboard" in done.stderr and "Host wildcard" not in done.stderr
 
 
 @pytest.mark.timeout(180)
@@ -117,7 +124,8 @@ def test_sigterm_while_starting_leaves_no_worker_process_behind(kafka, uid, tmp_
     path = write_topology(tmp_path / "t.py", f"start-{uid}", f"in-{uid}",
                           ".to_kafka_analytics()")
     proc = subprocess.Popen([sys.executable, "-m", "streamimg.cli", "run", str(path),
-                             "--bootstrap", kafka.bootstrap, "--processes"], cwd=ROOT,
+                             "--bootstrap", kafka.bootstrap, "--processes", "--create-topics"],
+                            cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:

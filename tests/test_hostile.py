@@ -1,21 +1,26 @@
-"""Hostile input mixed into a good stream: every bad record to the DLQ with its reason,
-every good frame processed once, nothing decoded that could not fit in memory."""
+"""Hostile input mixed into a good stream: every bad record to the DLQ with its reason (one
+log line each), every good frame processed once, nothing decoded that could not fit in memory."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
+import pytest
 from confluent_kafka import Producer
 
 import streamimg
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.codecs.frame import encode_frame
 from streamimg.daemon import Daemon
+from streamimg.sources.video import SourceFrame, produce_frames
 from tests.harness.checker import check_exactly_once
-from tests.helpers import wait_until
+from tests.helpers import ROOT, stop_process, wait_until
 
 
 def test_hostile_records_are_dead_lettered_and_good_frames_go_on(kafka, client, uid):
@@ -69,3 +74,38 @@ def test_hostile_records_are_dead_lettered_and_good_frames_go_on(kafka, client, 
                                 bad={(topic, 0, o) for o in (1, 2, 3, 4)})
     assert report.ok, report.summary()
     assert len(read_topic(kafka, f"{name}.frames")) == 2
+
+
+@pytest.mark.timeout(240)
+def test_a_raising_map_function_logs_one_line_per_frame_and_no_traceback(kafka, uid, tmp_path):
+    """Worker processes of the daemon's own: whatever they log lands in its output."""
+    topic, name = f"in-{uid}", f"raise-{uid}"
+    ensure_topics(kafka, [topic])
+    frames = (SourceFrame(i, i, np.full((16, 16, 3), i, np.uint8)) for i in range(6))
+    produce_frames(kafka, topic, frames, stream="s")
+    path = tmp_path / "t.py"
+    path.write_text(
+        "from streamimg import Topology\n"
+        f"topology = Topology({name!r}, inputs={topic!r}, max_frames=3, max_wait_ms=20)\n"
+        "def check(frame):\n"
+        "    if frame.shape == (16, 16, 3) and int(frame[0, 0, 0]) % 2:  # not at start-up\n"
+        "        raise RuntimeError('planted failure')\n"
+        "    return {'mean': float(frame.mean())}\n"
+        "topology.source.analyze('stats', check).to_kafka_analytics()\n")
+    log = tmp_path / "daemon.log"
+    cmd = [sys.executable, "-m", "streamimg.cli", "run", str(path), "--bootstrap",
+           kafka.bootstrap, "--processes", "--workers", "1"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        wait_until(lambda: proc.poll() is not None
+                   or committed_offsets(kafka, name, [topic]).get((topic, 0), -1) >= 6,
+                   180, "all six frames committed")
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        assert stop_process(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    dead = [line for line in text.splitlines() if "planted failure" in line]
+    assert len(dead) == 3 and all("WARNING streamimg.daemon: dead letter" in d for d in dead), text
+    assert "Traceback" not in text and "Compute Failed" not in text, text[-3000:]

@@ -122,6 +122,20 @@ def test_incomplete_frame_when_the_window_closes(kafka, topic, policy):
         assert np.isnan(partial[1, 1:]).all()
 
 
+def test_an_image_smaller_than_the_frame_is_emitted_with_a_warning(kafka, topic, caplog):
+    send(kafka, topic, pixels("small", 0, np.ones((2, 2))))  # a 2x2 image, 3x4 frames
+    asm = assemble(kafka, topic, PixelFrames(3, 4, window_ms=1))
+    time.sleep(0.05)
+    with caplog.at_level("WARNING", logger="streamimg.assembly"):
+        taken = asm.take()
+    (info,) = taken.frames
+    assert int(info.mask.sum()) == 8
+    (record,) = [r for r in caplog.records if r.name == "streamimg.assembly"]
+    assert record.levelname == "WARNING"
+    assert "incomplete frame small#0: 8 of 12 pixels missing" in record.getMessage()
+    assert "frames are 3x4" in record.getMessage()
+
+
 def test_bad_and_late_pixels_are_dead_lettered(kafka, topic):
     image = np.zeros((2, 2))
     send(kafka, topic, pixels("img", 0, image) + [

@@ -73,3 +73,44 @@ def test_kill_and_graceful_stop_mid_stream_keep_exactly_once(kafka, cluster, tmp
                                 dlq=f"{name}.dlq", group=name)
     assert report.ok, report.summary()
     assert report.counts[f"{name}.frames"]["committed"] == total
+
+
+@pytest.mark.timeout(400)
+def test_a_second_instance_fences_the_idle_first_one_which_exits_3(kafka, cluster, tmp_path, uid):
+    topic, name = f"in-{uid}", f"fence-{uid}"
+    ensure_topics(kafka, [topic])
+    frames = [f.image[:64, :64] for f in read_video(clip("bikes.mp4"), limit=6)]
+
+    def publish(first, last):
+        return produce_frames(kafka, topic, (SourceFrame(i, i, frames[i])
+                                             for i in range(first, last)), stream="s")
+
+    path = write_topology(tmp_path / "t.py", name, topic, ".to_kafka_analytics()",
+                          max_frames=2, max_wait_ms=20)
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    publish(0, 3)
+    # A probes 20 s after its last commit: by then B has joined the group. (On the embedded
+    # broker a group whose leader leaves in the middle of a rebalance can stay stuck.)
+    a = start_daemon(path, kafka, cluster, log_a, env={"STREAMIMG_FENCE_CHECK_S": "20"})
+    b = None
+    try:
+        wait_until(lambda: committed_total(kafka, name, topic) >= 3, 120, "A commits")
+        # A's input is idle now. B, with the same instance id, fences A in init_transactions
+        # (before it logs "consuming"); A must notice by itself, without new input.
+        b = start_daemon(path, kafka, cluster, log_b)
+        wait_until(lambda: "consuming" in log_b.read_text(), 180, "B to start")
+        assert a.wait(timeout=120) == 3, log_a.read_text()[-3000:]
+        text = log_a.read_text()
+        assert len([line for line in text.splitlines() if "took over" in line]) == 1, text
+        assert "Traceback" not in text
+        # B goes on: the partition moves to it and it processes new frames exactly once.
+        publish(3, 6)
+        wait_until(lambda: committed_total(kafka, name, topic) >= 6, 180, "B commits")
+    finally:
+        stop_process(a, signal.SIGKILL)
+        if b is not None:
+            assert stop_process(b, signal.SIGTERM) == 0, log_b.read_text()[-3000:]
+    report = check_exactly_once(kafka.bootstrap, inputs={(topic, 0): 6},
+                                outputs=[f"{name}.analytics"], dlq=f"{name}.dlq", group=name)
+    assert report.ok, report.summary()
+    assert report.counts[f"{name}.analytics"]["committed"] == 6

@@ -11,6 +11,7 @@ moves exactly when its outputs become visible to ``read_committed`` readers:
 exactly-once.
 
 Errors, as librdkafka classifies them (KIP-98, KIP-447):
+
 - retriable (a broker timeout during commit): the same call is retried, up to
   ``retries`` times; commit and send_offsets are safe to retry;
 - abortable (``txn_requires_abort``: a produce failed, the coordinator moved):
@@ -205,6 +206,33 @@ class Checkpoint:
                     batches[-1].group_metadata,
                     [(t, p, v) for (t, p), v in sorted(states.items())])
 
+    def probe(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
+        """Commit a transaction of only ``offsets``: tells whether this producer is fenced.
+
+        A fenced producer learns it only when it talks to the transaction
+        coordinator; an idle daemon would not until its next batch. This
+        transaction reaches the coordinator (``send_offsets_to_transaction``) and
+        changes nothing when the producer is alone (see :func:`fencing_probe`).
+
+        Raises
+        ------
+        FatalKafkaError
+            Another producer with the same ``transactional.id`` has fenced this one.
+        TransactionAborted
+            A transient error; the transaction was aborted (nothing to redo).
+        """
+        self._call(self._producer.begin_transaction, during="begin_transaction")
+        try:  # one attempt (no retries): the watchdog's bound stays far away
+            try:
+                self._producer.send_offsets_to_transaction(offsets, group_metadata,
+                                                           self.timeout_s)
+                self._producer.commit_transaction(self.timeout_s)
+            except KafkaException as exc:
+                self._raise(exc.args[0], "fencing probe")
+        except TransactionAborted:
+            self._abort()
+            raise
+
     def _produce_states(self, states: list[tuple[str, int, bytes]]) -> list[TopicPartition]:
         if not states:
             return []
@@ -278,12 +306,39 @@ class Checkpoint:
                 self._raise(err, during)
 
     def _raise(self, err: KafkaError, during: str):
-        if err.fatal() or err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                         KafkaError.INVALID_PRODUCER_EPOCH):
+        if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                          KafkaError.INVALID_PRODUCER_EPOCH):
+            log.debug("%s: %s", during, err.str())
             raise FatalKafkaError(
-                f"{during}: {err.str()} — transactional.id {self.transactional_id!r} is fenced "
-                "or broken; another instance with the same id has probably started") from None
+                f"fenced: another instance with transactional.id {self.transactional_id!r} "
+                "(the same topology and --instance) took over; this one stops, and what it "
+                "had not committed is redone by the new one") from None
+        if err.fatal():
+            raise FatalKafkaError(
+                f"{during}: {err.str()} — the transactional producer "
+                f"{self.transactional_id!r} cannot go on") from None
         raise TransactionAborted(f"{during}: {err.str()}") from None
+
+
+def fencing_probe(consumer_conf: dict[str, Any], topic: str) -> tuple[list[TopicPartition], Any]:
+    """Offsets and group metadata for :meth:`Checkpoint.probe`: ``topic`` [0] at 0, own group.
+
+    The probe commits offset 0 of partition 0 of ``topic`` (which must exist) for
+    the group of ``consumer_conf`` (``group.id``, which must be used for nothing
+    else: ``<transactional.id>.fencing-probe``), never for the daemon's group. Re-
+    committing the daemon's own offsets would race with a rebalance (a partition
+    that has moved on may be committed further by its new owner) and has nothing
+    to commit before the first batch or without partitions. The group never has
+    members, so on Apache Kafka its generation check (KIP-447) does not apply.
+    The consumer is only used for its metadata and closed at once.
+    """
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(consumer_conf)
+    try:
+        return [TopicPartition(topic, 0, 0)], consumer.consumer_group_metadata()
+    finally:
+        consumer.close()
 
 
 class Committer:
@@ -297,12 +352,24 @@ class Committer:
     aborted batch's, so committing them would skip its input); after a fatal
     error every later batch is dropped. :meth:`discard_before` drops queued
     batches of older epochs when the daemon discards its work in flight.
+
+    With ``probe`` (from :func:`fencing_probe`), the thread runs
+    :meth:`Checkpoint.probe` whenever no transaction has ended for
+    ``probe_idle_s`` seconds, so an idle producer fenced by a newer instance
+    learns it within about ``probe_idle_s`` plus one round trip; it then sets
+    :attr:`fatal_error` (and drops every later batch), which the daemon reads.
     """
 
     def __init__(self, checkpoint: Checkpoint,
                  on_outcome: Callable[[Outcome], None] | None = None, max_merge: int = 8,
-                 max_merge_bytes: int = 256 * 1024 * 1024, start: bool = True):
+                 max_merge_bytes: int = 256 * 1024 * 1024, start: bool = True,
+                 probe: tuple[list[TopicPartition], Any] | None = None,
+                 probe_idle_s: float = 10.0):
         self.checkpoint = checkpoint
+        self.probe, self.probe_idle_s = probe, probe_idle_s
+        self.probes = 0  # fencing probes run so far
+        self.fatal_error: str | None = None  # why the producer cannot go on, once it can't
+        self._last_end = time.monotonic()  # when the last transaction (or probe) ended
         self.max_merge, self.max_merge_bytes = max_merge, max_merge_bytes
         self._held: list[FinishedBatch | None] = []  # read from the queue, not yet taken
         self.transactions = 0  # begun so far
@@ -372,10 +439,7 @@ class Committer:
         When commits fall behind, several queued batches share one transaction, which
         costs its fixed round trips (offsets, commit, markers) once.
         """
-        if self._held:
-            first = self._held.pop()
-        else:
-            first = self._queue.get()
+        first = self._held.pop() if self._held else self._next()
         if first is None:
             return None
         taken, nbytes = [first], _size(first)
@@ -390,6 +454,41 @@ class Committer:
             taken.append(nxt)
             nbytes += _size(nxt)
         return taken
+
+    def _next(self) -> FinishedBatch | None:
+        """The next queued item; runs the fencing probe while none comes for a while."""
+        while True:
+            if self.probe is None:
+                return self._queue.get()
+            wait = self._last_end + self.probe_idle_s - time.monotonic()
+            if wait <= 0:
+                self._probe()
+                continue
+            try:
+                return self._queue.get(timeout=wait)
+            except queue.Empty:
+                continue
+
+    def _probe(self) -> None:
+        with self._lock:
+            fatal = self._fatal
+        if fatal:  # nothing more to learn
+            self._last_end = time.monotonic()
+            return
+        self.call_started = time.monotonic()
+        self.probes += 1
+        try:
+            self.checkpoint.probe(*self.probe)
+        except FatalKafkaError as exc:
+            with self._lock:
+                self._fatal = True
+            self.fatal_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a failed probe is retried after the next wait
+            log.warning("fencing probe failed (%s); trying again in %.0f s", exc,
+                        self.probe_idle_s)
+        finally:
+            self.call_started = None
+            self._last_end = time.monotonic()
 
     def _run(self) -> None:
         while True:
@@ -416,6 +515,7 @@ class Committer:
                 with self._lock:
                     self._fatal = True
                 status, error = "fatal", str(exc)
+                self.fatal_error = error
             except Exception as exc:  # noqa: BLE001 - never let the thread die silently
                 log.exception("commit of batches %s failed", [b.seq for b in batches])
                 with self._lock:
@@ -423,6 +523,7 @@ class Committer:
                 status, error = "fatal", f"{type(exc).__name__}: {exc}"
             finally:
                 self.call_started = None
+                self._last_end = time.monotonic()
             ms = _ms(start)
             for b in batches:
                 self._done(Outcome(b, status, ms, error, self.transactions, len(batches)))
