@@ -200,8 +200,12 @@ class PixelAssembler:
             self._mark_ready(key, frame)
         return None
 
-    def take(self) -> Batch | None:
-        """Hand over assembled frames and dead letters when a batch is due; else None."""
+    def take(self, early: bool = False) -> Batch | None:
+        """Hand over assembled frames and dead letters when a batch is due; else None.
+
+        ``early`` (no batch computing, nothing more to read): hand over whatever is
+        assembled without waiting out ``max_wait_ms``; open windows still wait.
+        """
         now = time.monotonic()
         window = self.config.window_ms / 1e3
         while self._open:
@@ -214,7 +218,8 @@ class PixelAssembler:
         if self._due_since is None:
             return None
         now = time.monotonic()  # closing windows above may have set _due_since after `now`
-        if len(self._ready) < self.max_frames and now - self._due_since < self.max_wait_s:
+        if (not early and len(self._ready) < self.max_frames
+                and now - self._due_since < self.max_wait_s):
             return None
         ready, self._ready = self._ready[: self.max_frames], self._ready[self.max_frames:]
         dead, self._dead = self._dead, []

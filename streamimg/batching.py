@@ -127,9 +127,13 @@ class MessageBatcher:
             return 0.1
         return max(0.0, self.max_wait_s - (time.monotonic() - self._since))
 
-    def take(self) -> Batch | None:
-        """Close the open batch if it is full or due; None otherwise."""
-        if not self._pending or (self.room() > 0 and self.wait_s() > 0):
+    def take(self, early: bool = False) -> Batch | None:
+        """Close the open batch if it is full or due (or ``early`` and not empty); else None.
+
+        The daemon passes ``early`` when no batch is computing and the consumer has
+        nothing more to give: waiting out ``max_wait_ms`` then would only add latency.
+        """
+        if not self._pending or (not early and self.room() > 0 and self.wait_s() > 0):
             return None
         messages, self._pending = self._pending, []
         taken = Batch([], [], [], {})

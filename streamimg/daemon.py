@@ -230,10 +230,13 @@ class Daemon:
             # consume(n, timeout) waits for n messages or the timeout: a long timeout would
             # hold a batch's first frames past max_wait_ms (measured: p50 latency +150 ms).
             timeout = min(batcher.wait_s(), 0.005 if self._dispatch.inflight else 0.01)
-            for m in self._consumer.consume(num_messages=max(1, batcher.room()),
-                                            timeout=timeout):
+            asked = max(1, batcher.room())
+            messages = self._consumer.consume(num_messages=asked, timeout=timeout)
+            for m in messages:
                 self._add(m)
-            batch = batcher.take()
+            # Idle workers and nothing more to read: close the batch now rather than wait
+            # out max_wait_ms, which only batches when the workers are busy anyway.
+            batch = batcher.take(early=not self._dispatch.inflight and len(messages) < asked)
             if batch is not None:
                 self._submit(batch)
 

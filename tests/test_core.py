@@ -213,3 +213,19 @@ def test_waiting_for_a_batch_does_not_spin_when_one_chunk_is_done():
         assert not dispatch.inflight
         # ~3 s of waiting in 0.5 s waits: a handful of calls, not thousands.
         assert calls <= 12, calls
+
+
+def test_a_lone_frame_is_not_held_for_max_wait_when_the_workers_are_idle(kafka, client, bikes,
+                                                                          uid):
+    # max_wait_ms batches frames while the workers are busy; with nothing computing and
+    # nothing more to read, holding a frame for it only adds latency.
+    topic, name = f"in-{uid}", f"early-{uid}"
+    ensure_topics(kafka, [topic])
+    topology = streamimg.Topology(name, inputs=topic, max_frames=8, max_wait_ms=120_000)
+    topology.source.gaussian_blur(1.0).to_kafka_frames("raw")
+    ends = produce_frames(kafka, topic, (SourceFrame(i, i, f) for i, f in enumerate(bikes[:1])),
+                          stream="s")
+    started = time.monotonic()
+    _, events = run_to_end(topology, kafka, client, topic, ends, timeout_s=60)
+    assert time.monotonic() - started < 60  # not 120 s
+    assert events.submitted_frames == [1] and events.outcomes == ["committed"]
