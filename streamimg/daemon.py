@@ -12,7 +12,7 @@ of them heavy:
    chunks lost with a worker;
 3. when the oldest batch's chunks are done, hand the records, dead letters and
    offsets as a :class:`~streamimg.sinks.checkpoint.FinishedBatch` to the
-   :class:`~streamimg.sinks.checkpoint.Committer`, a thread that commits
+   :class:`~streamimg.sinks.committer.Committer`, a thread that commits
    batches in input order while polling and computing go on;
 4. read the committer's outcomes: count committed batches; after an abort,
    discard the work in flight and rewind the consumer to the committed offsets.
@@ -60,12 +60,12 @@ from streamimg.dispatch import ChunkFailed, Dispatcher
 from streamimg.observe import Listener, Progress, Stats, consumer_lag
 from streamimg.sinks.checkpoint import (
     Checkpoint,
-    Committer,
     FatalKafkaError,
     FinishedBatch,
     Outcome,
     fencing_probe,
 )
+from streamimg.sinks.committer import Committer
 from streamimg.topology import Topology
 
 log = logging.getLogger("streamimg.daemon")

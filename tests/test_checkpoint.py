@@ -6,7 +6,8 @@ from __future__ import annotations
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
-from streamimg.sinks.checkpoint import Checkpoint, Committer, FinishedBatch, fencing_probe
+from streamimg.sinks.checkpoint import Checkpoint, FinishedBatch, fencing_probe
+from streamimg.sinks.committer import Committer
 from tests.harness.checker import read_topic_log
 from tests.helpers import wait_until
 
