@@ -20,6 +20,9 @@ again. Measured on the demo pipeline: ~4,800 minor page faults per frame and
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import dask
 from distributed import LocalCluster
 
@@ -47,6 +50,12 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1,
     dashboard_address : str
         ``host:port`` of the Dask dashboard; port 0 picks a free one.
 
+    The worker processes ignore SIGINT: a terminal's Ctrl-C goes to the whole
+    process group, and workers that died of it first would fail the batches in
+    flight while the daemon drains them. They stop when the cluster is closed.
+    (A process started while SIGINT is ignored keeps ignoring it: Python installs
+    its KeyboardInterrupt handler only when the parent left SIGINT alone.)
+
     Raises
     ------
     ValueError
@@ -57,9 +66,15 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1,
                          "must be >= 1")
     env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()}
     dashboard_address, origins = _dashboard(dashboard_address)
-    with dask.config.set({**env, **origins}):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                            dashboard_address=dashboard_address, host="127.0.0.1")
+    main = threading.current_thread() is threading.main_thread()  # signal.signal's rule
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        with dask.config.set({**env, **origins}):
+            return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                                dashboard_address=dashboard_address, host="127.0.0.1")
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 # Dask's statistical profiler samples every worker thread's stack every 10 ms on the event

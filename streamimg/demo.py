@@ -131,7 +131,7 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
     daemon_log = output / "daemon.log"
     stats_file = output / "daemon-stats.json"
     with EmbeddedBroker(log_path=output / "broker.log") as broker, \
-            _shielded_cluster(workers) as cluster, Client(cluster) as client:
+            local_cluster(n_workers=workers) as cluster, Client(cluster) as client:
         kafka = KafkaConfig(bootstrap=broker.bootstrap)
         console.print(f"broker [bold]{broker.bootstrap}[/]  Dask dashboard "
                       f"[bold]{dashboard_link(client)}[/]")
@@ -221,21 +221,6 @@ def _finish(console, client, kafka, bootstrap, topo, topology, output, clips, da
         code = _stop(daemon)
         console.print(f"daemon exit {code}; stopping the cluster and the broker")
     return 0 if ok else 1
-
-
-def _shielded_cluster(workers: int):
-    """A local cluster whose worker processes ignore SIGINT (a terminal's Ctrl-C).
-
-    A process started while SIGINT is ignored keeps ignoring it (Python installs its
-    KeyboardInterrupt handler only if the parent left SIGINT alone), so Ctrl-C reaches
-    the demo, which stops daemon, workers and broker in order, without a traceback
-    from every worker.
-    """
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return local_cluster(n_workers=workers)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _publish(console: Console, kafka: KafkaConfig, clips: list[Path], limit: int | None,

@@ -141,3 +141,46 @@ def test_sigterm_while_starting_leaves_no_worker_process_behind(kafka, uid, tmp_
     assert code == 0, proc.stdout.read().decode()[-3000:]
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"worker processes left behind: {alive}"
+
+
+def test_ctrl_c_on_run_with_worker_processes_drains_and_exits_0(kafka, uid, tmp_path, bikes):
+    # A terminal's Ctrl-C sends SIGINT to the whole process group: the daemon and its Dask
+    # worker processes. The workers must not die of it before the daemon has drained.
+    import psutil
+
+    from streamimg.admin import ensure_topics
+    from streamimg.sources.video import SourceFrame, produce_frames
+    from tests.harness.checker import check_exactly_once
+    from tests.helpers import wait_until, write_topology
+
+    topic, name = f"in-{uid}", f"ctrlc-{uid}"
+    ensure_topics(kafka, [topic])
+    path = write_topology(tmp_path / "t.py", name, topic,
+                          ".gaussian_blur(1.0).to_kafka_frames('raw')", max_frames=2)
+    stats = tmp_path / "stats.json"
+    proc = subprocess.Popen([sys.executable, "-m", "streamimg.cli", "run", str(path),
+                             "--bootstrap", kafka.bootstrap, "--processes",
+                             "--stats-file", str(stats)],
+                            cwd=ROOT, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        ends = produce_frames(kafka, topic, (SourceFrame(i, i, f) for i, f in
+                                             enumerate(bikes[:6])), stream="s")
+        wait_until(lambda: stats.exists() and json.loads(stats.read_text())["frames_out"] >= 2,
+                   120, "a first commit")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "no worker processes"
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+        code = proc.wait(timeout=120)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    out = proc.stdout.read().decode()
+    assert code == 0, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"worker processes left behind: {alive}"
+    # Whatever was committed is exact; a restart would read the rest.
+    committed = committed_offsets(kafka, name, [topic]).get((topic, 0), 0)
+    report = check_exactly_once(kafka.bootstrap, inputs={(topic, 0): committed},
+                                outputs=[f"{name}.frames"], dlq=f"{name}.dlq", group=name)
+    assert report.ok and committed >= 2 and ends[0] == 6, report.summary()
