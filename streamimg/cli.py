@@ -202,6 +202,9 @@ def cmd_run(args) -> int:
         kafka = _kafka(args)
     except (TopologyError, ConfigError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    if not 0 <= args.metrics_port <= 65535:
+        raise CommandError(f"--metrics-port {args.metrics_port}: not a TCP port",
+                           "give 1-65535, or 0 to serve no metrics")
     existing = _connect(args, kafka)
     missing = [t for t in topology.inputs if t not in existing]
     if missing and args.create_topics:
@@ -234,7 +237,7 @@ def cmd_run(args) -> int:
     from streamimg.cluster import dashboard_link, in_process_cluster, local_cluster
     from streamimg.daemon import Daemon
 
-    cluster = client = None
+    cluster = client = metrics = None
     try:
         if args.scheduler:
             client = Client(args.scheduler, timeout="30s")
@@ -248,8 +251,20 @@ def cmd_run(args) -> int:
         daemons.append(daemon)
         if signals:  # asked to stop while starting: nothing was consumed
             return 0
+        if args.metrics_port:
+            from streamimg.metrics import DaemonMetrics
+
+            metrics = DaemonMetrics.attach(daemon)
+            try:
+                metrics.serve(args.metrics_port, args.metrics_host)
+            except OSError as exc:
+                raise CommandError(f"--metrics-port {args.metrics_port}: cannot listen on "
+                                   f"{args.metrics_host} ({exc.strerror or exc})",
+                                   "choose a free port, or 0 to serve no metrics") from None
         return daemon.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         if client is not None:
             client.close()
         if cluster is not None:
@@ -365,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--instance", default="0",
                    help="stable instance id: transactional.id is <topology>-<instance>")
     r.add_argument("--stats-file", help="write run counters here as JSON after each commit")
+    r.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz on this port "
+                        "(0: off)")
+    r.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address for --metrics-port (0.0.0.0: every interface)")
 
     c = command("consume", "print a topic's committed records as JSON lines", cmd_consume,
                 True)

@@ -95,8 +95,9 @@ class Daemon:
     stats_path : Path, optional
         Where to write :class:`Stats` as JSON after each commit (for the demo).
     listeners : sequence of Listener
-        Observers of assignments, submitted batches and transaction outcomes:
-        the public hook for metrics and benchmarks.
+        Observers of assignments, submitted batches, transaction outcomes and a
+        tick of the poll loop about once a second: the public hook for metrics
+        (:mod:`streamimg.metrics`) and benchmarks.
     chunk_retries, max_aborts : int
         Resubmissions of a chunk whose task failed as a whole, and aborted
         transactions in a row, before the daemon gives up (see module docstring).
@@ -146,6 +147,7 @@ class Daemon:
         self._aborts_in_a_row = 0
         self._last_txn = 0
         self._progress_log = Progress(progress_s)
+        self._last_tick = float("-inf")  # monotonic s of the last Listener.tick
         self.fence_check_s = (float(os.environ.get("STREAMIMG_FENCE_CHECK_S", "10"))
                               if fence_check_s is None else fence_check_s)
         self._bound_since: float | None = None
@@ -325,9 +327,18 @@ class Daemon:
         self.stats.write(self.stats_path)
 
     def _progress(self) -> None:
-        if self._progress_log.due():
-            log.info("%s", self._progress_log.line(self.stats, consumer_lag(self._consumer),
-                                                   *self._open()))
+        """The progress line when due; every second, the listeners' :meth:`Listener.tick`."""
+        line = self._progress_log.due()
+        tick = bool(self.listeners) and time.monotonic() - self._last_tick >= 1.0
+        if not (line or tick):
+            return
+        lag, (batches, nbytes) = consumer_lag(self._consumer), self._open()
+        if line:
+            log.info("%s", self._progress_log.line(self.stats, lag, batches, nbytes))
+        if tick:
+            self._last_tick = time.monotonic()
+            for listener in self.listeners:
+                listener.tick(lag, batches, nbytes)
 
     def _failed_in_a_row(self) -> None:
         self._aborts_in_a_row += 1

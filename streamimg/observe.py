@@ -24,7 +24,10 @@ class Listener:
     """
 
     def assigned(self, partitions: list[tuple[str, int]]) -> None:
-        """Partitions ``(topic, partition)`` were assigned to this instance."""
+        """Partitions ``(topic, partition)`` were assigned to this instance.
+
+        Never called before the transactional producer is initialised.
+        """
 
     def revoked(self, partitions: list[tuple[str, int]]) -> None:
         """Partitions were revoked (or lost); their work in flight is finished or discarded."""
@@ -34,6 +37,14 @@ class Listener:
 
     def outcome(self, outcome: Outcome) -> None:
         """A batch was committed or aborted (``outcome.status``; ``outcome.ms`` its transaction)."""
+
+    def tick(self, lag: dict[str, int], batches: int, nbytes: int) -> None:
+        """The poll loop is alive: called from it about once a second while it runs.
+
+        ``lag`` is :func:`consumer_lag` (records per ``"topic[partition]"``);
+        ``batches`` and ``nbytes`` are the batches read and not yet committed and
+        their payload bytes.
+        """
 
 
 @dataclass
