@@ -1,5 +1,6 @@
 """Fault injection: the daemon as a black box, killed at named points and at random, its
-Dask workers killed mid-batch; every check is made from the log's transaction markers.
+Dask workers killed mid-batch, one of two daemons in a group killed and restarted while
+frames stream in; every check is made from the log's transaction markers.
 
 ``make test`` runs the fast subset (a few kills each); ``make chaos`` sets
 ``STREAMIMG_CHAOS=1`` for at least 10 daemon kills and 5 worker kills.
@@ -7,12 +8,17 @@ Dask workers killed mid-batch; every check is made from the log's transaction ma
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import random
 import re
 import signal
+import subprocess
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from streamimg.admin import committed_offsets, ensure_topics
@@ -52,6 +58,21 @@ def assert_exactly_once(kafka, name, inputs):
 
 
 @pytest.mark.timeout(900 if CHAOS else 420)
+
+def slow_topology(path, name, topic, body, seconds):
+    """A topology file whose first stage sleeps ``seconds`` a frame, then ``body``.
+
+    A slow stage keeps batches computing when a kill, a dead worker or a revoke comes.
+    """
+    path = write_topology(path, name, topic, ".map_frames(slow)" + body,
+                          max_frames=4, max_wait_ms=20, max_in_flight=3)
+    path.write_text(path.read_text().replace(
+        "from streamimg import PixelFrames, Topology\n",
+        "import time\nfrom streamimg import PixelFrames, Topology\n\n"
+        f"def slow(x):\n    return x.map_blocks(lambda b: (time.sleep({seconds}), b)[1], "
+        "dtype=x.dtype)\n"))
+    return path
+
 def test_daemon_killed_at_crash_points_and_at_random_keeps_exactly_once(kafka, cluster, tmp_path,
                                                                          uid):
     topic, name = f"in-{uid}", f"kill-{uid}"
@@ -101,15 +122,7 @@ def test_killed_dask_workers_lose_no_frame_and_the_daemon_goes_on(kafka, tmp_pat
     inputs = produce_input(kafka, topic, 120 if CHAOS else 48)
     total = sum(inputs.values())
     # A slow operator keeps chunks running when a worker dies.
-    path = write_topology(tmp_path / "t.py", name, topic,
-                          ".map_frames(slow).gaussian_blur(sigma=2.0).palette(k=4)"
-                          ".to_kafka_frames(encoding='jpeg').to_kafka_analytics()",
-                          max_frames=4, max_wait_ms=20, max_in_flight=3)
-    path.write_text(path.read_text().replace(
-        "from streamimg import PixelFrames, Topology\n",
-        "import time\nfrom streamimg import PixelFrames, Topology\n\n"
-        "def slow(x):\n    return x.map_blocks(lambda b: (time.sleep(0.05), b)[1], "
-        "dtype=x.dtype)\n"))
+    path = slow_topology(tmp_path / "t.py", name, topic, BODY, 0.05)
     log = tmp_path / "daemon.log"
     with DaskProcesses(tmp_path, n_workers=2) as dask:
         proc = start_daemon(path, kafka, None, log, scheduler=dask.address)
@@ -129,3 +142,147 @@ def test_killed_dask_workers_lose_no_frame_and_the_daemon_goes_on(kafka, tmp_pat
     assert not re.search(r"dead letter \S+\[\d+\]@\d+", text), text[-3000:]
     assert '"dead_letters": 0' in text, text[-3000:]
     assert_exactly_once(kafka, name, inputs)
+
+
+# -- two daemons in one group, one of them killed and restarted while frames stream in ----------
+
+ASSIGNED = re.compile(r"assigned \[\('")
+REBALANCE = re.compile(r"streamimg\.daemon: (assigned|revoking|lost) (\[.*\])$")
+
+
+def assignment(log):
+    """The partitions a daemon run owns now, from its log's incremental assign/revoke lines."""
+    owned = set()
+    for line in (log.read_text() if log.exists() else "").splitlines():
+        m = REBALANCE.search(line)
+        if m:
+            parts = set(ast.literal_eval(m.group(2)))
+            owned = owned | parts if m.group(1) == "assigned" else owned - parts
+    return owned
+
+
+def stats_of(path):
+    """The counters a daemon run wrote to its ``--stats-file`` (written atomically), or {}."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class PacedStream:
+    """Frames into both partitions of ``topic`` from background threads, in bursts, until
+    :meth:`stop` (or ``cap`` frames per partition); :meth:`stop` returns the end offsets."""
+
+    def __init__(self, kafka, topic, images, burst=4, pause_s=0.8, cap=600):
+        self._stopped = threading.Event()
+        self._ends, self._errors = {}, []
+        self._threads = [threading.Thread(target=self._run, daemon=True,
+                                          args=(kafka, topic, images, p, burst, pause_s, cap))
+                         for p in (0, 1)]
+        for t in self._threads:
+            t.start()
+
+    def _frames(self, images, burst, pause_s, cap):
+        i = 0
+        while i < cap and not self._stopped.is_set():
+            for _ in range(burst):
+                yield SourceFrame(i, i, images[i % len(images)])
+                i += 1
+            self._stopped.wait(pause_s)
+
+    def _run(self, kafka, topic, images, partition, burst, pause_s, cap):
+        try:
+            self._ends.update(produce_frames(
+                kafka, topic, self._frames(images, burst, pause_s, cap),
+                stream=f"cam{partition}", partition=partition, stop=self._stopped.is_set))
+        except Exception as exc:  # noqa: BLE001 - reported by stop()
+            self._errors.append(exc)
+
+    def stop(self, timeout_s=90):
+        """Stop producing; return ``{partition: end offset}`` of everything produced."""
+        self._stopped.set()
+        for t in self._threads:
+            t.join(timeout_s)
+        assert not any(t.is_alive() for t in self._threads), "the producer threads hang"
+        assert not self._errors, self._errors
+        return dict(self._ends)
+
+
+@pytest.mark.timeout(480)
+def test_two_daemons_in_one_group_one_killed_three_times_keep_exactly_once(
+        kafka, cluster, bikes, tmp_path, uid):
+    """Instances 0 and 1 of one topology share the group (and the input's 2 partitions);
+    instance 1 is SIGKILLed 3 times while frames stream in (right after it got partitions,
+    right after a commit with more work coming, and at the ``before_commit`` crash point
+    with its offsets sent to an open transaction) and restarted with the same id each time
+    (which fences its zombie and aborts the open transaction; on the embedded broker nothing
+    else ends it). Partitions move between the two on every join and every expired session;
+    after the last two kills instance 0 takes the dead member's partition over (its session
+    expires) before the restart, so it works on it while the zombie's transaction is open."""
+    topic, name = f"in-{uid}", f"pair-{uid}"
+    ensure_topics(kafka, [topic], partitions=2)
+    images = [np.ascontiguousarray(b[:48, :64]) for b in bikes]
+    # A slow operator (40 ms a frame) keeps batches computing when a kill or a revoke comes.
+    path = slow_topology(tmp_path / "t.py", name, topic, BODY, 0.04)
+    procs = []
+
+    def start(instance, run, env=None):
+        """Run ``run`` of ``instance``: its own log and stats file."""
+        log, stats = tmp_path / f"d{instance}-{run}.log", tmp_path / f"d{instance}-{run}.json"
+        proc = start_daemon(path, kafka, cluster, log, instance=instance, env=env,
+                            extra=["--stats-file", str(stats)])
+        procs.append(proc)
+        return proc, log, stats
+
+    def tail(log):
+        return f"{log.name}:\n{log.read_text()[-3000:]}" if log.exists() else f"{log.name}: -"
+
+    def commits(stats, n):
+        return stats_of(stats).get("frames_out", 0) >= n
+
+    stream = PacedStream(kafka, topic, images)
+    try:
+        d0, log0, stats0 = start("0", 0)
+        # Instance 0 (the group leader from here on) owns both partitions and commits first.
+        wait_until(lambda: commits(stats0, 4), 120, "instance 0 commits")
+        moments = ("right after it got partitions", "right after a commit, more work coming",
+                   "at before_commit:2, offsets sent to the open transaction")
+        for run, moment in enumerate(moments):
+            env = {"STREAMIMG_CRASH_AT": "before_commit:2"} if run == 2 else None
+            d1, log1, stats1 = start("1", run, env)
+            if run == 0:
+                wait_until(lambda log=log1: ASSIGNED.search(log.read_text()), 120,
+                           f"instance 1 run {run} to get partitions", interval_s=0.02)
+                d1.send_signal(signal.SIGKILL)
+            elif run == 1:
+                wait_until(lambda s=stats1: commits(s, 4), 120,
+                           f"instance 1 run {run} commits", interval_s=0.02)
+                d1.send_signal(signal.SIGKILL)
+            try:  # run 2 kills itself with SIGKILL at the crash point
+                code = d1.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"instance 1 run {run} ({moment}) did not die\n{tail(log1)}")
+            assert code == -signal.SIGKILL, f"run {run} ({moment}): exit {code}\n{tail(log1)}"
+            if run > 0:
+                # Instance 0 takes the dead member's partition over once its session expires,
+                # while the zombie's transaction (records, maybe offsets) is still open.
+                wait_until(lambda: len(assignment(log0)) == 2, 60,
+                           f"instance 0 to take over after run {run}", interval_s=0.05)
+            assert d0.poll() is None, f"instance 0 exited {d0.returncode}\n{tail(log0)}"
+        # Instance 1 again, same id: fences the last zombie, rejoins and commits.
+        d1, log1, stats1 = start("1", len(moments))
+        wait_until(lambda: commits(stats1, 4), 120, "the restarted instance 1 commits")
+        ends = stream.stop()
+        assert sorted(ends) == [0, 1], ends
+        inputs = {(topic, p): end for p, end in ends.items()}
+        wait_until(lambda: committed_offsets(kafka, name, [topic]) == inputs, 180,
+                   f"the group to commit {inputs}", interval_s=0.5)
+        assert d0.poll() is None, f"instance 0 exited {d0.returncode}\n{tail(log0)}"
+        assert stop_process(d1, signal.SIGTERM) == 0, tail(log1)
+        assert stop_process(d0, signal.SIGTERM) == 0, tail(log0)
+    finally:
+        for proc in procs:  # no-op for the ones that exited
+            stop_process(proc, signal.SIGKILL)
+        stream.stop()
+    report = assert_exactly_once(kafka, name, inputs)
+    assert report.good_inputs == sum(ends.values()), report.summary()
+    # The kills really left a transaction to abort, and partitions really moved.
+    assert report.counts[f"{name}.frames"].get("aborted", 0) > 0, report.counts
+    assert "revoking" in log0.read_text(), tail(log0)
