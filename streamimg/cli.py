@@ -188,11 +188,59 @@ def cmd_produce_pixels(args) -> int:
     return 0
 
 
+def _stages(program) -> list[str]:
+    """The stages a frame goes through in ``program``, as timings name them, in order."""
+    names = ["decode"]
+
+    def add(name):
+        if name and name not in names:
+            names.append(name)
+
+    for sink in program.sinks:
+        ops, node = [], sink.plan.frames
+        while node is not None and node.op is not None:
+            ops.append(node.op.name)
+            node = node.parent
+        for name in reversed(ops):
+            add(name)
+        for name in sink.plan.values:
+            add(name)
+        if sink.plan.drawn is not None:
+            add("annotate")
+        add(sink.timing)
+    return names
+
+
+def _check_clients(kafka, topology, args) -> None:
+    """Build the daemon's consumer and producer, and close them: librdkafka checks ``--kafka``.
+
+    The producer has no ``transactional.id``, so it fences nothing, and the consumer
+    never subscribes, so it joins no group and moves no offset.
+    """
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    group = args.group or topology.name
+    tid = f"{topology.name}-{args.instance}"
+    try:
+        Consumer(kafka.consumer(group, f"{tid}-check")).close()
+        conf = kafka.producer(tid)
+        conf.pop("transactional.id")
+        producer = Producer(conf)
+        producer.flush(0)
+        del producer
+    except KafkaException as exc:
+        raise CommandError(f"--kafka: {exc.args[0].str()}",
+                           "fix or remove the librdkafka setting") from None
+
+
 def cmd_run(args) -> int:
     """Load a topology and run it as a daemon until SIGINT/SIGTERM.
 
     Before any Dask cluster starts: the topology loads (exit 2), the broker answers
     (exit 4), the input topics exist or ``--create-topics`` creates them (exit 2).
+    With ``--check``, stops there: the Kafka clients are built (the ``--kafka``
+    settings validated), one line says what was checked, exit 0; nothing is
+    created, consumed or committed and no Dask cluster starts.
     """
     from streamimg.config import ConfigError
     from streamimg.topology import TopologyError, load_topology
@@ -207,6 +255,25 @@ def cmd_run(args) -> int:
                            "give 1-65535, or 0 to serve no metrics")
     existing = _connect(args, kafka)
     missing = [t for t in topology.inputs if t not in existing]
+    if args.check:
+        if not args.create_topics:
+            from streamimg.admin import require_topics
+
+            require_topics(existing, topology.inputs, "input topic")
+        _check_clients(kafka, topology, args)
+        outputs = sorted({*topology.output_topics, topology.dlq_topic} |
+                         ({topology.state_topic} if topology.state_topic else set()))
+        inputs = [f"{t} (missing: --create-topics creates it)" if t in missing else t
+                  for t in topology.inputs]
+        print(f"streamimg run --check: topology {topology.name!r} OK; "
+              f"inputs: {', '.join(inputs)}; "
+              f"outputs: {', '.join(f'{t} (exists)' if t in existing else t for t in outputs)}; "
+              f"stages: {', '.join(_stages(topology.check()))}; "
+              f"Kafka at {kafka.bootstrap} answers, "
+              f"{len(args.kafka or [])} --kafka setting(s) accepted; "
+              f"group {args.group or topology.name}, "
+              f"transactional.id {topology.name}-{args.instance}", flush=True)
+        return 0
     if missing and args.create_topics:
         from streamimg.admin import ensure_topics
 
@@ -234,6 +301,10 @@ def cmd_run(args) -> int:
         signal.signal(sig, on_signal)
     from distributed import Client
 
+    if args.log_format == "json":
+        from streamimg.logs import adopt
+
+        adopt("distributed")  # its own plain-text stderr handler goes
     from streamimg.cluster import dashboard_link, in_process_cluster, local_cluster
     from streamimg.daemon import Daemon
 
@@ -245,10 +316,18 @@ def cmd_run(args) -> int:
             cluster = (local_cluster(n_workers=args.workers) if args.processes
                        else in_process_cluster(threads=args.workers))
             client = Client(cluster)
-        print(f"Dask dashboard: {dashboard_link(client)}", file=sys.stderr, flush=True)
+        if args.log_format == "json":
+            logging.getLogger("streamimg.cli").info("Dask dashboard: %s",
+                                                    dashboard_link(client))
+        else:
+            print(f"Dask dashboard: {dashboard_link(client)}", file=sys.stderr, flush=True)
         daemon = Daemon(topology, kafka, client, group=args.group, instance=args.instance,
                         stats_path=Path(args.stats_file) if args.stats_file else None)
         daemons.append(daemon)
+        formatter = getattr(args, "log_formatter", None)
+        if isinstance(getattr(formatter, "context", None), dict):  # JSON: the threads' lines
+            formatter.context.update(run=daemon.run_id,
+                                     transactional_id=daemon.transactional_id)
         if signals:  # asked to stop while starting: nothing was consumed
             return 0
         if args.metrics_port:
@@ -385,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: off)")
     r.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                    help="address for --metrics-port (0.0.0.0: every interface)")
+    r.add_argument("--check", action="store_true",
+                   help="validate the topology, the --kafka settings and the input topics, "
+                        "print one line and exit 0; starts no cluster, consumes nothing, "
+                        "creates no topic")
+    r.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="log lines as text, or as one JSON object each (time, level, "
+                        "logger, message; the daemon's with run and transactional_id)")
 
     c = command("consume", "print a topic's committed records as JSON lines", cmd_consume,
                 True)
@@ -414,8 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     # its INFO lines (scheduler and worker start-up, ~40 a run) go unless asked for.
     if not args.verbose:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streamimg.logs import configure
+
+    args.log_formatter = configure(getattr(args, "log_format", "text"),
+                                   logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("distributed", "bokeh", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -73,6 +73,18 @@ log = logging.getLogger("streamimg.daemon")
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
 
 
+class EventLog(logging.LoggerAdapter):
+    """A logger adapter adding its fields to every record, merged with the call's ``extra``.
+
+    (:class:`logging.LoggerAdapter` before Python 3.13 replaces the call's ``extra``.)
+    """
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        """Merge the adapter's fields into ``kwargs["extra"]`` (the call's win)."""
+        kwargs["extra"] = {**self.extra, **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
 class Daemon:
     """Runs a :class:`~streamimg.topology.Topology` against Kafka and Dask until stopped.
 
@@ -132,6 +144,10 @@ class Daemon:
         self.instance = instance
         self.transactional_id = f"{topology.name}-{instance}"
         self.run_id = uuid.uuid4().hex[:12]
+        #: The daemon's logger: every line carries ``run`` and ``transactional_id``
+        #: (``extra`` fields: shown by ``--log-format json``), events also ``event``.
+        self.log = EventLog(log, {"run": self.run_id,
+                                  "transactional_id": self.transactional_id})
         self._dispatch = Dispatcher(client, self.program, self.run_id, chunk_retries)
         self.drain_timeout_s = drain_timeout_s
         self.stats_path = stats_path
@@ -191,22 +207,23 @@ class Daemon:
             self.group, f"{self.transactional_id}-{self.run_id}"))
         self._consumer.subscribe(t.inputs, on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
-        log.info("run %s: %s consuming %s in group %s as %s", self.run_id, t.name, t.inputs,
-                 self.group, self.transactional_id)
+        self.log.info("run %s: %s consuming %s in group %s as %s", self.run_id, t.name, t.inputs,
+                      self.group, self.transactional_id, extra={"event": "start"})
         code = EXIT_OK
         try:
             self._loop()
             if not self._drain(self.drain_timeout_s):
-                log.warning("work in flight did not finish in %.0f s; its offsets stay "
+                self.log.warning("work in flight did not finish in %.0f s; its offsets stay "
                             "uncommitted", self.drain_timeout_s)
         except FatalKafkaError as exc:
-            log.error("stopping: %s", exc)
+            self.log.error("stopping: %s", exc, extra={
+                "event": "fenced" if "fenced" in str(exc).lower() else "fatal"})
             code = EXIT_FATAL
         finally:
             self._discard()
             hung = not self._committer.stop(checkpoint.timeout_s)
             if hung:
-                log.error("a transactional Kafka call is still blocked; exiting without it")
+                self.log.error("a transactional Kafka call is still blocked; exiting without it")
                 code = EXIT_FATAL
             try:
                 self._consumer.close()  # leaves the group: partitions move at once
@@ -215,7 +232,8 @@ class Daemon:
                     checkpoint.close(abandon=code == EXIT_FATAL)
                 self.topology.destroy()
                 self.stats.write(self.stats_path)
-        log.info("run %s stopped: %s", self.run_id, json.dumps(self.stats.to_dict()))
+        self.log.info("run %s stopped: %s", self.run_id, json.dumps(self.stats.to_dict()),
+                      extra={"event": "stop"})
         return code
 
     def _loop(self) -> None:
@@ -249,7 +267,7 @@ class Daemon:
         elif err.fatal():
             raise FatalKafkaError(f"consumer: {err.str()}")
         elif err.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer: %s", err.str())
+            self.log.warning("consumer: %s", err.str())
 
     # -- batches -----------------------------------------------------------------------
 
@@ -283,7 +301,7 @@ class Daemon:
                 b.states, self.topology.state_topic, item.created))
 
     def _infrastructure_failed(self, exc: ChunkFailed) -> None:
-        log.error("%s; discarding the work in flight and rewinding", exc)
+        self.log.error("%s; discarding the work in flight and rewinding", exc)
         self._failed_in_a_row()
         self._rewind()
         time.sleep(1.0)  # give the cluster a moment before the batches are read again
@@ -295,8 +313,8 @@ class Daemon:
                 self._committed(o)
             elif o.status == "aborted":
                 self.stats.batches_aborted += 1
-                log.warning("batch %d aborted (%s); rewinding to committed offsets",
-                            o.batch.seq, o.error)
+                self.log.warning("batch %d aborted (%s); rewinding to committed offsets",
+                                 o.batch.seq, o.error, extra={"event": "abort"})
                 for listener in self.listeners:
                     listener.outcome(o)
                 if o.batch.epoch == self._epoch:
@@ -309,7 +327,7 @@ class Daemon:
         b = o.batch
         self._aborts_in_a_row = 0
         for d in b.dead:
-            log.warning("dead letter %s[%d]@%d (%s): %s", d.topic, d.partition, d.offset,
+            self.log.warning("dead letter %s[%d]@%d (%s): %s", d.topic, d.partition, d.offset,
                         d.stage, d.reason)
         self.stats.frames_out += b.frames
         self.stats.dead_letters += len(b.dead)
@@ -334,7 +352,8 @@ class Daemon:
             return
         lag, (batches, nbytes) = consumer_lag(self._consumer), self._open()
         if line:
-            log.info("%s", self._progress_log.line(self.stats, lag, batches, nbytes))
+            self.log.info("%s", self._progress_log.line(self.stats, lag, batches, nbytes),
+                          extra={"event": "progress"})
         if tick:
             self._last_tick = time.monotonic()
             for listener in self.listeners:
@@ -376,7 +395,7 @@ class Daemon:
                 if self._paused:
                     self._consumer.pause(self._paused)
                     self.stats.pauses += 1
-                    log.info("backpressure: pausing %d partitions", len(self._paused))
+                    self.log.info("backpressure: pausing %d partitions", len(self._paused))
             for m in self._consumer.consume(num_messages=1, timeout=0):
                 self._add(m)  # keeps the group alive; a paused consumer returns nothing
 
@@ -453,17 +472,18 @@ class Daemon:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
-        log.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self.log.info("assigned %s", [(p.topic, p.partition) for p in partitions],
+                      extra={"event": "assign"})
         self._restore_state(partitions)
         for listener in self.listeners:
             listener.assigned([(p.topic, p.partition) for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
-        log.info("revoking %s", sorted(revoked))
+        self.log.info("revoking %s", sorted(revoked), extra={"event": "revoke"})
         self._resume()
         if not self._drain(self.drain_timeout_s):
-            log.warning("revoke: work in flight did not finish in %.0f s; discarding it",
+            self.log.warning("revoke: work in flight did not finish in %.0f s; discarding it",
                         self.drain_timeout_s)
             kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in revoked]
             self._rewind(kept)
@@ -473,7 +493,8 @@ class Daemon:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
-        log.warning("lost %s: discarding work in flight", sorted(lost))
+        self.log.warning("lost %s: discarding work in flight", sorted(lost),
+                         extra={"event": "lost"})
         self._resume()
         kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in lost]
         self._rewind(kept)
