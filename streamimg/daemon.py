@@ -57,6 +57,7 @@ from streamimg.admin import connect, ensure_topics, partitions_of, read_record, 
 from streamimg.batching import Batch
 from streamimg.config import KafkaConfig
 from streamimg.dispatch import ChunkFailed, Dispatcher
+from streamimg.logs import EventLog
 from streamimg.observe import Listener, Progress, Stats, consumer_lag
 from streamimg.sinks.checkpoint import (
     Checkpoint,
@@ -71,18 +72,6 @@ from streamimg.topology import Topology
 log = logging.getLogger("streamimg.daemon")
 
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
-
-
-class EventLog(logging.LoggerAdapter):
-    """A logger adapter adding its fields to every record, merged with the call's ``extra``.
-
-    (:class:`logging.LoggerAdapter` before Python 3.13 replaces the call's ``extra``.)
-    """
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        """Merge the adapter's fields into ``kwargs["extra"]`` (the call's win)."""
-        kwargs["extra"] = {**self.extra, **(kwargs.get("extra") or {})}
-        return msg, kwargs
 
 
 class Daemon:

@@ -100,3 +100,15 @@ def adopt(*names: str) -> None:
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.propagate = True
+
+
+class EventLog(logging.LoggerAdapter):
+    """A logger adapter adding its fields to every record, merged with the call's ``extra``.
+
+    (:class:`logging.LoggerAdapter` before Python 3.13 replaces the call's ``extra``.)
+    """
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        """Merge the adapter's fields into ``kwargs["extra"]`` (the call's win)."""
+        kwargs["extra"] = {**self.extra, **(kwargs.get("extra") or {})}
+        return msg, kwargs
