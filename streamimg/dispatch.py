@@ -73,6 +73,16 @@ class Done:
         return len(self.item.batch.frames) - (len(self.dead) - len(self.item.batch.dead))
 
 
+def task_prefix(program: Program) -> str:
+    """The key prefix of ``program``'s chunk tasks: ``<topology>:decode>blur>...>encode``.
+
+    Task keys are ``<prefix>-<uuid hex>``. Dask's ``key_split`` keeps what precedes the
+    first ``-`` (so ``-`` in names become ``_``): the task stream, progress and profile
+    pages group the tasks under a name that reads as the topology.
+    """
+    return f"{program.name}:{'>'.join(program.stages())}".replace("-", "_")
+
+
 class Dispatcher:
     """Runs batches of one program on a Dask cluster (see the module docstring).
 
@@ -96,6 +106,7 @@ class Dispatcher:
         self.resubmitted = 0
         self.in_process = False  # every Dask worker runs in this process
         self._token, self._blob = program.pickled()
+        self.key_prefix = task_prefix(program)
         self._workers_read: tuple[float, dict[str, int]] = (0.0, {})
 
     def start(self) -> None:
@@ -188,7 +199,7 @@ class Dispatcher:
     def _submit_chunk(self, item: InFlight, j: int) -> Future:
         lo, hi = item.bounds[j]
         b = item.batch
-        key = f"{self.program.name}-chunk-{uuid.uuid4().hex}"
+        key = f"{self.key_prefix}-{uuid.uuid4().hex}"
         if self.in_process:
             HANDOFF[key] = (b.frames[lo:hi], b.payloads[lo:hi])
             item.handoffs.append(key)

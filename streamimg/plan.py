@@ -173,6 +173,25 @@ class Program:
         """Output topics in sink order."""
         return [s.topic for s in self.sinks]
 
+    def stages(self) -> list[str]:
+        """The stages a frame goes through, in order, as timings and task keys name them.
+
+        ``decode``, each frame operator, each analytics value, ``annotate`` when a sink
+        draws, and each sink's builder (e.g. ``encode``); each name once.
+        """
+        names = ["decode"]
+        for sink in self.sinks:
+            ops, node = [], sink.plan.frames
+            while node is not None and node.op is not None:
+                ops.append(node.op.name)
+                node = node.parent
+            later = [*reversed(ops), *sink.plan.values,
+                     *(["annotate"] if sink.plan.drawn is not None else []), sink.timing]
+            for name in later:
+                if name and name not in names:
+                    names.append(name)
+        return names
+
     def pickled(self) -> tuple[str, bytes]:
         """``(token, blob)``: the program as bytes for the workers, and their SHA-1."""
         blob = cloudpickle.dumps(self)

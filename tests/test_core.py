@@ -13,6 +13,7 @@ from dask.utils import key_split
 import streamimg
 from streamimg.admin import committed_offsets, ensure_topics
 from streamimg.daemon import Daemon, Listener
+from streamimg.dispatch import task_prefix
 from streamimg.sources.video import SourceFrame, produce_frames
 from tests.harness.checker import check_exactly_once
 from tests.helpers import wait_until
@@ -53,9 +54,9 @@ def run_to_end(topology, kafka, client, topic, ends, timeout_s=180):
     return daemon, events
 
 
-def chunk_tasks(client, name):
-    """How many chunk tasks of topology ``name`` the scheduler has run so far."""
-    prefix = key_split(f"{name}-chunk-{'0' * 32}")
+def chunk_tasks(client, topology):
+    """How many chunk tasks of ``topology`` the scheduler has run so far."""
+    prefix = key_split(f"{task_prefix(topology.check())}-{'0' * 32}")
 
     def count(dask_scheduler):
         tp = dask_scheduler.task_prefixes.get(prefix)
@@ -71,14 +72,14 @@ def test_a_batch_costs_one_task_per_worker_thread(kafka, client, bikes, uid, max
                           stream="s")
     topology = streamimg.Topology(name, inputs=topic, max_frames=max_frames, max_wait_ms=200)
     topology.source.gaussian_blur(1.0).palette(k=3).to_kafka_frames("raw").to_kafka_analytics()
-    before = chunk_tasks(client, name)
+    before = chunk_tasks(client, topology)
     _, events = run_to_end(topology, kafka, client, topic, ends)
     threads = sum(client.nthreads().values())
     expected = sum(min(n, threads) for n in events.submitted_frames)
     assert sum(events.submitted_frames) == 16
     # One task per chunk, one chunk per worker thread: the graph does not grow with the
     # batch (8-frame batches on 2 threads: 2 tasks for 8 frames, 0.25 a frame).
-    assert chunk_tasks(client, name) - before == expected
+    assert chunk_tasks(client, topology) - before == expected
     assert expected <= 16 * min(max_frames, threads) / max_frames + threads
 
 
