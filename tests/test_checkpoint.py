@@ -3,6 +3,7 @@ fencing found by an idle committer's probe."""
 
 from __future__ import annotations
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
@@ -76,3 +77,42 @@ def test_an_idle_committer_probes_and_learns_it_was_fenced(kafka, uid):
     assert committed_offsets(kafka, f"t-{uid}.fencing-probe", [topic]) == {(topic, 0): 0}
     assert all(o < 0 for o in committed_offsets(kafka, group, [topic]).values())
     assert read_topic(kafka, f"{topic}.out") == []
+
+
+@pytest.mark.timeout(180)
+def test_a_probe_whose_commit_times_out_resumes_it_and_the_producer_goes_on(tmp_path, uid):
+    """The broker freezes (SIGSTOP) between the probe's offsets and its commit, longer than
+    the call's timeout: the commit is resumed (librdkafka refuses to abort a commit in
+    progress, so an abort left the producer refusing every later transaction)."""
+    import signal as sig
+    import threading
+
+    from streamimg.broker import EmbeddedBroker
+    from streamimg.config import KafkaConfig
+
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+        kafka = KafkaConfig(bootstrap=broker.bootstrap)
+        topic = f"in-{uid}"
+        ensure_topics(kafka, [topic, f"{topic}.out"])
+        checkpoint = Checkpoint(kafka.producer(f"t-{uid}"), timeout_s=2.0, retries=5)
+        checkpoint.start()
+        offsets, metadata = fencing_probe(kafka.consumer(f"t-{uid}.fencing-probe", "p"), topic)
+        producer = checkpoint._producer
+        send = producer.send_offsets_to_transaction
+
+        def send_then_freeze(*args):  # the broker stops right after the offsets are sent
+            send(*args)
+            broker.process.send_signal(sig.SIGSTOP)
+            threading.Timer(5.0, broker.process.send_signal, (sig.SIGCONT,)).start()
+
+        checkpoint._producer = type("Freezing", (), {
+            "__getattr__": lambda self, name: getattr(producer, name),
+            "send_offsets_to_transaction": staticmethod(send_then_freeze)})()
+        try:
+            checkpoint.probe(offsets, metadata)  # times out at least twice, then commits
+        finally:
+            broker.process.send_signal(sig.SIGCONT)
+            checkpoint._producer = producer
+        checkpoint.commit([(f"{topic}.out", b"k", b"after the freeze", [])], offsets, metadata)
+        assert [m.value() for m in read_topic(kafka, f"{topic}.out")] == [b"after the freeze"]
+        checkpoint.close()

@@ -60,6 +60,8 @@ class FinishedBatch:
     epoch when the batch was submitted: the committer drops batches of an
     epoch that was discarded (after an abort, a revoke or a lost assignment).
     ``group_metadata`` comes from the consumer when the batch is handed over.
+    ``sources`` are the ``FrameInfo`` of the batch's frames (input partition, offset,
+    capture time), for observers; frames dead-lettered while computing are among them.
     """
 
     seq: int
@@ -74,6 +76,7 @@ class FinishedBatch:
     states: dict[int, bytes] = field(default_factory=dict)
     state_topic: str | None = None
     created: float = 0.0  # time.time() when the batch closed
+    sources: list = field(default_factory=list)  # FrameInfo of the batch's frames (observers)
 
 
 @dataclass(frozen=True)
@@ -170,8 +173,7 @@ class Checkpoint:
             self._call(self._producer.send_offsets_to_transaction, offsets, group_metadata,
                        self.timeout_s, during="send_offsets_to_transaction")
             crash_point("before_commit")
-            self._call(self._producer.commit_transaction, self.timeout_s,
-                       during="commit_transaction")
+            self._commit_transaction("commit_transaction")
             crash_point("after_commit")
         except TransactionAborted:
             self._abort()
@@ -221,13 +223,13 @@ class Checkpoint:
             A transient error; the transaction was aborted (nothing to redo).
         """
         self._call(self._producer.begin_transaction, during="begin_transaction")
-        try:  # one attempt (no retries): the watchdog's bound stays far away
-            try:
+        try:
+            try:  # one attempt: the transaction is empty, nothing to redo if it fails
                 self._producer.send_offsets_to_transaction(offsets, group_metadata,
                                                            self.timeout_s)
-                self._producer.commit_transaction(self.timeout_s)
             except KafkaException as exc:
                 self._raise(exc.args[0], "fencing probe")
+            self._commit_transaction("fencing probe")
         except TransactionAborted:
             self._abort()
             raise
@@ -292,6 +294,41 @@ class Checkpoint:
             if err.fatal():
                 raise FatalKafkaError(f"abort_transaction: {err.str()}") from exc
             log.warning("abort_transaction failed (%s); the next begin will tell", err.str())
+
+    def _commit_transaction(self, during: str) -> None:
+        """``commit_transaction``, resumed while it times out (librdkafka's contract).
+
+        A commit that timed out is still in progress: librdkafka refuses to abort it
+        ("Conflicting commit_transaction API call is already in progress") and every
+        later ``begin_transaction`` fails the same way, so the only ways on are to call
+        it again (it resumes) or to stop. Seen under load with the fencing probe: an
+        abort after the timeout left the producer stuck for good. After ``retries``
+        resumptions the outcome is unknown (the records may yet become visible), so
+        aborting and redoing the batch could duplicate it: stop instead, and let the
+        next start's ``init_transactions`` complete or abort it.
+
+        Raises
+        ------
+        TransactionAborted
+            The commit failed with an abortable error (nothing of it is committed).
+        FatalKafkaError
+            Fenced, fatal, or still timing out after ``retries`` resumptions.
+        """
+        for attempt in range(self.retries + 1):
+            try:
+                self._producer.commit_transaction(self.timeout_s)
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if not err.retriable() or err.fatal():
+                    self._raise(err, during)
+                if attempt < self.retries:
+                    log.info("%s: %s; resuming the commit", during, err.str())
+                    continue
+                raise FatalKafkaError(
+                    f"{during}: {err.str()}, {attempt + 1} times: the transaction's outcome "
+                    "is unknown (a commit in progress cannot be aborted); stopping, the next "
+                    "start's init_transactions completes or aborts it") from None
 
     def _call(self, fn, *args, during: str):
         for attempt in range(self.retries + 1):
