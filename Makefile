@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint docs demo bench bench-peers chaos clean
+.PHONY: install test lint docs browser demo bench bench-peers chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 
-test: lint docs
+# The browser test drives Debian's chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: lint docs browser
 	$(BIN)/pytest -q
 
 chaos: $(STAMP)
@@ -48,4 +53,4 @@ bench-peers: $(BENCH_VENV)/.installed-stamp
 	$(BENCH_VENV)/bin/python benchmarks/bench_peers.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) demo-output quickstart docs/_build .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) demo-output quickstart docs/_build test-artefacts .pytest_cache .ruff_cache .hypothesis

@@ -56,6 +56,7 @@ from distributed import Client
 from streamimg.admin import connect, ensure_topics, partitions_of, read_record, require_topics
 from streamimg.batching import Batch
 from streamimg.config import KafkaConfig
+from streamimg.dashboard.reporter import DashboardReporter
 from streamimg.dispatch import ChunkFailed, Dispatcher
 from streamimg.logs import EventLog
 from streamimg.observe import Listener, Progress, Stats, consumer_lag
@@ -124,7 +125,7 @@ class Daemon:
                  drain_timeout_s: float = 60.0, stats_path: Path | None = None,
                  listeners: Sequence[Listener] = (),
                  chunk_retries: int = 3, max_aborts: int = 5, progress_s: float = 10.0,
-                 fence_check_s: float | None = None):
+                 fence_check_s: float | None = None, dashboard: bool = True):
         self.topology = topology
         self.program = topology.check()
         self.kafka = kafka
@@ -161,6 +162,9 @@ class Daemon:
         self._pause_s = min(5.0, poll_ms / 3e3)
         self._consumer: Consumer | None = None
         self._committer: Committer | None = None
+        self.reporter = DashboardReporter.for_daemon(self) if dashboard else None
+        if self.reporter is not None:
+            self.listeners.append(self.reporter)
 
     def stop(self) -> None:
         """Ask the loop to stop: no new polling; batches in flight finish and commit."""
@@ -198,6 +202,8 @@ class Daemon:
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         self.log.info("run %s: %s consuming %s in group %s as %s", self.run_id, t.name, t.inputs,
                       self.group, self.transactional_id, extra={"event": "start"})
+        if self.reporter is not None:
+            self.reporter.start()
         code = EXIT_OK
         try:
             self._loop()
@@ -223,6 +229,8 @@ class Daemon:
                 self.stats.write(self.stats_path)
         self.log.info("run %s stopped: %s", self.run_id, json.dumps(self.stats.to_dict()),
                       extra={"event": "stop"})
+        for listener in self.listeners:
+            listener.stopped(code)
         return code
 
     def _loop(self) -> None:
@@ -271,6 +279,7 @@ class Daemon:
             return
         ms = (time.perf_counter() - start) * 1e3
         for listener in self.listeners:
+            listener.batched(item.seq, batch)
             listener.submitted(item.seq, len(batch.frames), item.nbytes, ms)
 
     def _hand_over_ready(self) -> None:
@@ -287,7 +296,7 @@ class Daemon:
             self._committer.put(FinishedBatch(
                 item.seq, item.epoch, self.run_id, d.frames_out, d.records, d.dead,
                 self.topology.dlq_topic, b.offsets, self._consumer.consumer_group_metadata(),
-                b.states, self.topology.state_topic, item.created))
+                b.states, self.topology.state_topic, item.created, b.frames))
 
     def _infrastructure_failed(self, exc: ChunkFailed) -> None:
         self.log.error("%s; discarding the work in flight and rewinding", exc)

@@ -2,8 +2,7 @@
 
 :class:`DaemonMetrics` is a :class:`~streamimg.observe.Listener`: it learns
 everything from the daemon's hooks (assignments, committed and aborted batches,
-the periodic :meth:`~streamimg.observe.Listener.tick`) and its
-:class:`~streamimg.observe.Stats`, and keeps it in a private
+the periodic :meth:`~streamimg.observe.Listener.tick`), and keeps it in a private
 ``CollectorRegistry`` (never the process-global one, so several daemons in one
 process do not mix). :meth:`DaemonMetrics.serve` exposes, on one port:
 
@@ -11,11 +10,13 @@ process do not mix). :meth:`DaemonMetrics.serve` exposes, on one port:
     The Prometheus text format. Every series carries ``topology`` and
     ``instance`` labels:
 
-    - ``streamimg_frames_consumed_total``: messages read from the inputs and put
-      in a batch (counted again when read again after an abort or a rewind);
-    - ``streamimg_frames_committed_total``: frames whose outputs were committed;
-    - ``streamimg_dead_letters_total{stage}``: committed dead letters, by stage
-      (``decode`` or ``process``);
+    - ``streamimg_frames_consumed_total{topic,partition}``: messages read from the
+      input partition and put in a batch (counted again when read again after an
+      abort or a rewind);
+    - ``streamimg_frames_committed_total{topic,partition}``: frames of the input
+      partition whose outputs were committed;
+    - ``streamimg_dead_letters_total{topic,partition,stage}``: committed dead
+      letters, by input partition and stage (``decode`` or ``process``);
     - ``streamimg_transactions_total{outcome}``: Kafka transactions ``committed``
       or ``aborted`` (batches that shared a transaction count once);
     - ``streamimg_consumer_lag_frames{topic,partition}`` (gauge): records between
@@ -36,27 +37,26 @@ process do not mix). :meth:`DaemonMetrics.serve` exposes, on one port:
     producer is initialised), else 503.
 
 Lag and batches in flight refresh with each tick (about once a second); counters
-and histograms with each batch outcome; ``frames_consumed`` at every scrape.
+and histograms with each batch, as it is read (``frames_consumed``) or committed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily
 
-from streamimg.observe import Listener, Stats
+from streamimg.observe import Listener, committed_per_partition, frame_timings
 from streamimg.sinks.checkpoint import Outcome
 
 if TYPE_CHECKING:
+    from streamimg.batching import Batch
     from streamimg.daemon import Daemon
 
 log = logging.getLogger("streamimg.metrics")
@@ -67,27 +67,6 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 #: Buckets of ``streamimg_commit_latency_seconds`` (s per batch): 10 ms to 2 min.
 COMMIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-_TIMINGS = "streamimg.timings_ms"
-_SOURCE = ("streamimg.source.topic", "streamimg.source.partition", "streamimg.source.offset")
-
-
-class _StatsCollector:
-    """Counters read from the daemon's :class:`Stats` at each scrape."""
-
-    def __init__(self, stats: Stats, labels: dict[str, str]):
-        self.stats, self.labels = stats, labels
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        names, values = list(self.labels), list(self.labels.values())
-        for name, doc, value in (
-                ("streamimg_frames_consumed", "Messages read from the input topics into "
-                 "batches (frames)", self.stats.frames_in),
-                ("streamimg_frames_committed", "Frames whose outputs were committed (frames)",
-                 self.stats.frames_out)):
-            family = CounterMetricFamily(name, doc, labels=names)
-            family.add_metric(values, value)
-            yield family
-
 
 class DaemonMetrics(Listener):
     """Prometheus metrics, liveness and readiness of one daemon (see the module docstring).
@@ -96,21 +75,23 @@ class DaemonMetrics(Listener):
     ----------
     topology, instance : str
         The values of the ``topology`` and ``instance`` labels on every series.
-    stats : Stats
-        The daemon's counters (``Daemon.stats``), read at each scrape.
     stale_s : float
         ``/healthz`` answers 503 when the poll loop has not ticked for this many seconds.
     """
 
-    def __init__(self, topology: str, instance: str, stats: Stats, stale_s: float = 30.0):
+    def __init__(self, topology: str, instance: str, stale_s: float = 30.0):
         self.registry = CollectorRegistry(auto_describe=True)
         self.labels = {"topology": topology, "instance": instance}
         self.stale_s = stale_s
         base = list(self.labels)
         r = self.registry
-        r.register(_StatsCollector(stats, self.labels))
+        where = [*base, "topic", "partition"]
+        self.consumed = Counter("streamimg_frames_consumed", "Messages read from the input "
+                                "topics into batches (frames)", where, registry=r)
+        self.committed = Counter("streamimg_frames_committed", "Frames whose outputs were "
+                                 "committed (frames)", where, registry=r)
         self.dead_letters = Counter("streamimg_dead_letters", "Committed dead letters",
-                                    [*base, "stage"], registry=r)
+                                    [*where, "stage"], registry=r)
         self.transactions = Counter("streamimg_transactions", "Kafka transactions by outcome",
                                     [*base, "outcome"], registry=r)
         self.lag = Gauge("streamimg_consumer_lag_frames", "Records behind the cached high "
@@ -138,7 +119,7 @@ class DaemonMetrics(Listener):
     @classmethod
     def attach(cls, daemon: Daemon, stale_s: float = 30.0) -> DaemonMetrics:
         """Metrics for ``daemon``, added to its listeners (before :meth:`Daemon.run`)."""
-        metrics = cls(daemon.topology.name, daemon.instance, daemon.stats, stale_s)
+        metrics = cls(daemon.topology.name, daemon.instance, stale_s)
         daemon.listeners.append(metrics)
         return metrics
 
@@ -165,6 +146,16 @@ class DaemonMetrics(Listener):
         for topic, p in partitions:
             self._drop_lag((topic, str(p)))
 
+    def batched(self, seq: int, batch: Batch) -> None:
+        """Count the batch's messages (frames and dead letters) per input partition."""
+        counts: dict[tuple[str, int], int] = {}
+        for f in batch.frames:
+            counts[(f.topic, f.partition)] = counts.get((f.topic, f.partition), 0) + 1
+        for d in batch.dead:
+            counts[(d.topic, d.partition)] = counts.get((d.topic, d.partition), 0) + 1
+        for (topic, p), n in counts.items():
+            self.consumed.labels(**self.labels, topic=topic, partition=str(p)).inc(n)
+
     def outcome(self, outcome: Outcome) -> None:
         """Count a committed or aborted batch; observe its frames' stage times and latency."""
         status = outcome.status
@@ -176,24 +167,16 @@ class DaemonMetrics(Listener):
         if status != "committed":
             return  # an aborted batch is read and computed again
         b = outcome.batch
+        for (topic, p), n in committed_per_partition(b).items():
+            self.committed.labels(**self.labels, topic=topic, partition=str(p)).inc(n)
         for d in b.dead:
-            self.dead_letters.labels(**self.labels, stage=d.stage).inc()
+            self.dead_letters.labels(**self.labels, topic=d.topic, partition=str(d.partition),
+                                     stage=d.stage).inc()
         if b.created:
             self.commit_latency.labels(**self.labels).observe(max(0.0, time.time() - b.created))
-        seen: set[tuple[bytes, ...]] = set()  # one observation per frame, however many sinks
-        for _topic, _key, _value, headers in b.records:
-            h = dict(headers or ())
-            raw = h.get(_TIMINGS)
-            source = tuple(h.get(k, b"") for k in _SOURCE)
-            if raw is None or source in seen:
-                continue
-            seen.add(source)
-            try:
-                timings = json.loads(raw)
-            except ValueError:
-                continue
+        for timings in frame_timings(b):  # one observation per frame, however many sinks
             for stage, ms in timings.items():
-                self.stage.labels(**self.labels, stage=stage).observe(float(ms) / 1e3)
+                self.stage.labels(**self.labels, stage=stage).observe(ms / 1e3)
 
     def tick(self, lag: dict[str, int], batches: int, nbytes: int) -> None:
         """Mark the loop alive; set lag per partition and batches in flight."""

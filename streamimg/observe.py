@@ -12,9 +12,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streamimg.sinks.checkpoint import Outcome
+from streamimg.sinks.checkpoint import FinishedBatch, Outcome
+
+if TYPE_CHECKING:
+    from streamimg.batching import Batch
+
+TIMINGS_HEADER = "streamimg.timings_ms"
+_SOURCE = ("streamimg.source.topic", "streamimg.source.partition", "streamimg.source.offset")
 
 
 class Listener:
@@ -32,6 +38,14 @@ class Listener:
     def revoked(self, partitions: list[tuple[str, int]]) -> None:
         """Partitions were revoked (or lost); their work in flight is finished or discarded."""
 
+    def batched(self, seq: int, batch: Batch) -> None:
+        """Batch ``seq`` closed and went to Dask (called just before :meth:`submitted`).
+
+        ``batch.frames`` are ``FrameInfo`` (topic, partition, offset, and the header with
+        the capture time), ``batch.dead`` the dead letters found while batching. The same
+        ``seq`` comes back in :meth:`outcome` as ``outcome.batch.seq``.
+        """
+
     def submitted(self, seq: int, frames: int, nbytes: int, ms: float) -> None:
         """Batch ``seq`` of ``frames`` frames (``nbytes`` payload bytes) went to Dask in ``ms``."""
 
@@ -45,6 +59,9 @@ class Listener:
         ``batches`` and ``nbytes`` are the batches read and not yet committed and
         their payload bytes.
         """
+
+    def stopped(self, code: int) -> None:
+        """The daemon stopped with exit code ``code`` (nothing more will be called)."""
 
 
 @dataclass
@@ -77,6 +94,47 @@ class Stats:
             tmp = Path(f"{path}.tmp")
             tmp.write_text(json.dumps(self.to_dict()))
             tmp.replace(path)
+
+
+def frame_timings(batch: FinishedBatch) -> list[dict[str, float]]:
+    """Per-stage ms of each frame of a computed batch, one dict per frame.
+
+    Read from the ``streamimg.timings_ms`` header of its analytics records (the workers
+    measure ``decode``, each operator, each analytics stage, ``annotate``, ``encode``);
+    a frame written by several analytics sinks counts once; a batch of a topology
+    without an analytics sink gives ``[]``.
+    """
+    seen: set[tuple[bytes, ...]] = set()
+    out = []
+    for _topic, _key, _value, headers in batch.records:
+        h = dict(headers or ())
+        raw = h.get(TIMINGS_HEADER)
+        source = tuple(h.get(k, b"") for k in _SOURCE)
+        if raw is None or source in seen:
+            continue
+        seen.add(source)
+        try:
+            out.append({str(k): float(v) for k, v in json.loads(raw).items()})
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return out
+
+
+def committed_per_partition(batch: FinishedBatch) -> dict[tuple[str, int], int]:
+    """Frames of a computed batch whose outputs are in it, per input ``(topic, partition)``.
+
+    Its ``sources`` less those dead-lettered on the workers (a dead letter found while
+    batching is no source); the counts sum to ``batch.frames``.
+    """
+    counts: dict[tuple[str, int], int] = {}
+    for f in batch.sources:
+        counts[(f.topic, f.partition)] = counts.get((f.topic, f.partition), 0) + 1
+    if batch.dead:
+        sources = {(f.topic, f.partition, f.offset) for f in batch.sources}
+        for d in batch.dead:
+            if (d.topic, d.partition, d.offset) in sources:
+                counts[(d.topic, d.partition)] -= 1
+    return counts
 
 
 def consumer_lag(consumer: Any) -> dict[str, int]:

@@ -15,7 +15,6 @@ import random
 import re
 import signal
 import subprocess
-import threading
 import time
 
 import numpy as np
@@ -25,8 +24,16 @@ from streamimg.admin import committed_offsets, ensure_topics
 from streamimg.faults import POINTS
 from streamimg.sources.video import SourceFrame, produce_frames, read_video
 from tests.harness.checker import check_exactly_once
+from tests.harness.paced import PacedStream
 from tests.harness.procs import DaskProcesses
-from tests.helpers import clip, start_daemon, stop_process, wait_until, write_topology
+from tests.helpers import (
+    clip,
+    slow_topology,
+    start_daemon,
+    stop_process,
+    wait_until,
+    write_topology,
+)
 
 CHAOS = os.environ.get("STREAMIMG_CHAOS") == "1"
 BODY = (".gaussian_blur(sigma=2.0).palette(k=4)"
@@ -58,20 +65,6 @@ def assert_exactly_once(kafka, name, inputs):
 
 
 @pytest.mark.timeout(900 if CHAOS else 420)
-
-def slow_topology(path, name, topic, body, seconds):
-    """A topology file whose first stage sleeps ``seconds`` a frame, then ``body``.
-
-    A slow stage keeps batches computing when a kill, a dead worker or a revoke comes.
-    """
-    path = write_topology(path, name, topic, ".map_frames(slow)" + body,
-                          max_frames=4, max_wait_ms=20, max_in_flight=3)
-    path.write_text(path.read_text().replace(
-        "from streamimg import PixelFrames, Topology\n",
-        "import time\nfrom streamimg import PixelFrames, Topology\n\n"
-        f"def slow(x):\n    return x.map_blocks(lambda b: (time.sleep({seconds}), b)[1], "
-        "dtype=x.dtype)\n"))
-    return path
 
 def test_daemon_killed_at_crash_points_and_at_random_keeps_exactly_once(kafka, cluster, tmp_path,
                                                                          uid):
@@ -164,45 +157,6 @@ def assignment(log):
 def stats_of(path):
     """The counters a daemon run wrote to its ``--stats-file`` (written atomically), or {}."""
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-class PacedStream:
-    """Frames into both partitions of ``topic`` from background threads, in bursts, until
-    :meth:`stop` (or ``cap`` frames per partition); :meth:`stop` returns the end offsets."""
-
-    def __init__(self, kafka, topic, images, burst=4, pause_s=0.8, cap=600):
-        self._stopped = threading.Event()
-        self._ends, self._errors = {}, []
-        self._threads = [threading.Thread(target=self._run, daemon=True,
-                                          args=(kafka, topic, images, p, burst, pause_s, cap))
-                         for p in (0, 1)]
-        for t in self._threads:
-            t.start()
-
-    def _frames(self, images, burst, pause_s, cap):
-        i = 0
-        while i < cap and not self._stopped.is_set():
-            for _ in range(burst):
-                yield SourceFrame(i, i, images[i % len(images)])
-                i += 1
-            self._stopped.wait(pause_s)
-
-    def _run(self, kafka, topic, images, partition, burst, pause_s, cap):
-        try:
-            self._ends.update(produce_frames(
-                kafka, topic, self._frames(images, burst, pause_s, cap),
-                stream=f"cam{partition}", partition=partition, stop=self._stopped.is_set))
-        except Exception as exc:  # noqa: BLE001 - reported by stop()
-            self._errors.append(exc)
-
-    def stop(self, timeout_s=90):
-        """Stop producing; return ``{partition: end offset}`` of everything produced."""
-        self._stopped.set()
-        for t in self._threads:
-            t.join(timeout_s)
-        assert not any(t.is_alive() for t in self._threads), "the producer threads hang"
-        assert not self._errors, self._errors
-        return dict(self._ends)
 
 
 @pytest.mark.timeout(480)

@@ -98,11 +98,13 @@ def test_metrics_count_exactly_what_the_daemon_processed(kafka, client, uid):
                    30, "no batch in flight")
         m = scrape(port)
         stats = daemon.stats
-        assert value(m, "streamimg_frames_consumed_total", **labels) == sent == stats.frames_in
-        assert value(m, "streamimg_frames_committed_total", **labels) == sent - 2
+        part = {"topic": topic, "partition": "0"}
+        assert value(m, "streamimg_frames_consumed_total", **labels,
+                     **part) == sent == stats.frames_in
+        assert value(m, "streamimg_frames_committed_total", **labels, **part) == sent - 2
         assert stats.frames_out == sent - 2
-        assert value(m, "streamimg_dead_letters_total", **labels, stage="decode") == 1
-        assert value(m, "streamimg_dead_letters_total", **labels, stage="process") == 1
+        assert value(m, "streamimg_dead_letters_total", **labels, **part, stage="decode") == 1
+        assert value(m, "streamimg_dead_letters_total", **labels, **part, stage="process") == 1
         assert value(m, "streamimg_transactions_total", **labels,
                      outcome="committed") == stats.transactions >= 1
         assert value(m, "streamimg_transactions_total", **labels, outcome="aborted") == 0

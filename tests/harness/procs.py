@@ -43,6 +43,7 @@ class DaskProcesses:
         self.n_workers = n_workers
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
+        self.dashboard_port = free_port()
         self.scheduler: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self._n = 0
@@ -60,7 +61,7 @@ class DaskProcesses:
     def __enter__(self) -> DaskProcesses:
         self.scheduler = self._spawn(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-             "--port", str(self.port), "--dashboard-address", f"127.0.0.1:{free_port()}",
+             "--port", str(self.port), "--dashboard-address", f"127.0.0.1:{self.dashboard_port}",
              "--no-show"], "scheduler")
         for _ in range(self.n_workers):
             self.start_worker()
