@@ -20,29 +20,6 @@ from streamimg.cli import _connect, _kafka
 from streamimg.errors import CommandError
 
 
-def _stages(program) -> list[str]:
-    """The stages a frame goes through in ``program``, as timings name them, in order."""
-    names = ["decode"]
-
-    def add(name):
-        if name and name not in names:
-            names.append(name)
-
-    for sink in program.sinks:
-        ops, node = [], sink.plan.frames
-        while node is not None and node.op is not None:
-            ops.append(node.op.name)
-            node = node.parent
-        for name in reversed(ops):
-            add(name)
-        for name in sink.plan.values:
-            add(name)
-        if sink.plan.drawn is not None:
-            add("annotate")
-        add(sink.timing)
-    return names
-
-
 def _check_clients(kafka, topology, args) -> None:
     """Build the daemon's consumer and producer, and close them: librdkafka checks ``--kafka``.
 
@@ -100,7 +77,7 @@ def cmd_run(args) -> int:
         print(f"streamimg run --check: topology {topology.name!r} OK; "
               f"inputs: {', '.join(inputs)}; "
               f"outputs: {', '.join(f'{t} (exists)' if t in existing else t for t in outputs)}; "
-              f"stages: {', '.join(_stages(topology.check()))}; "
+              f"stages: {', '.join(topology.check().stages())}; "
               f"Kafka at {kafka.bootstrap} answers, "
               f"{len(args.kafka or [])} --kafka setting(s) accepted; "
               f"group {args.group or topology.name}, "
@@ -137,9 +114,15 @@ def cmd_run(args) -> int:
         from streamimg.logs import adopt
 
         adopt("distributed")  # its own plain-text stderr handler goes
-    from streamimg.cluster import dashboard_link, in_process_cluster, local_cluster
+    from streamimg.cluster import (
+        dashboard_link,
+        fix_mmap_threshold,
+        in_process_cluster,
+        local_cluster,
+    )
     from streamimg.daemon import Daemon
 
+    fix_mmap_threshold()  # frames freed go back to the system (see its docstring)
     cluster = client = metrics = None
     try:
         if args.scheduler:

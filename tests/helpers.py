@@ -34,14 +34,30 @@ def write_topology(path: Path, name: str, inputs: str, body: str, **batching) ->
     return path
 
 
+def slow_topology(path, name, topic, body, seconds, **batching):
+    """A topology file whose first stage sleeps ``seconds`` a frame, then ``body``.
+
+    A slow stage keeps batches computing when a kill, a dead worker or a revoke comes.
+    """
+    path = write_topology(path, name, topic, ".map_frames(slow)" + body,
+                          **{"max_frames": 4, "max_wait_ms": 20, "max_in_flight": 3, **batching})
+    path.write_text(path.read_text().replace(
+        "from streamimg import PixelFrames, Topology\n",
+        "import time\nfrom streamimg import PixelFrames, Topology\n\n"
+        f"def slow(x):\n    return x.map_blocks(lambda b: (time.sleep({seconds}), b)[1], "
+        "dtype=x.dtype)\n"))
+    return path
+
+
 def start_daemon(topology: Path, kafka: KafkaConfig, cluster, log: Path, instance: str = "0",
                  extra: list[str] = (), env: dict[str, str] | None = None,
                  scheduler: str | None = None) -> subprocess.Popen:
-    """Start ``streamimg run`` as a child process on the shared cluster (or ``scheduler``)."""
+    """Start ``streamimg run`` as a child process on the shared cluster (or ``scheduler``;
+    with neither, on worker threads in its own process, as ``streamimg run`` defaults to)."""
+    address = scheduler or (cluster.scheduler_address if cluster is not None else None)
     cmd = [sys.executable, "-m", "streamimg.cli", "run", str(topology),
-           "--bootstrap", kafka.bootstrap,
-           "--scheduler", scheduler or cluster.scheduler_address, "--instance", instance,
-           "--create-topics", *extra]
+           "--bootstrap", kafka.bootstrap, *(["--scheduler", address] if address else []),
+           "--instance", instance, "--create-topics", *extra]
     for k, v in TEST_KAFKA.items():
         cmd += ["--kafka", f"{k}={v}"]
     with open(log, "ab") as out:
