@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import (
@@ -124,11 +124,18 @@ def committed_offsets(kafka: KafkaConfig, group: str, topics: Iterable[str],
 
 
 def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,
-               read_committed: bool = True) -> list[Message]:
+               read_committed: bool = True,
+               on_progress: Callable[[int, int | None], None] | None = None) -> list[Message]:
     """Read every record of ``topic`` from the beginning to its current end.
 
     Uses no consumer group (``assign``), so it moves no offsets. Records come
     in offset order per partition, partitions one after another.
+
+    ``on_progress(read, end)``, when given, is called after each batch fetched:
+    ``read`` records so far, and ``end`` the sum of the partitions' high watermarks
+    as the fetch responses reported them (None until every partition has reported).
+    ``end`` counts offsets, so ``read`` can stay below it: transaction markers, records
+    of open or aborted transactions and records deleted by retention take offsets too.
 
     Raises
     ------
@@ -145,6 +152,7 @@ def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,
     out: dict[int, list[Message]] = {p: [] for p in parts}
     at_end: set[int] = set()
     deadline = time.monotonic() + timeout_s
+    read = 0
     try:
         while len(at_end) < len(parts):
             if time.monotonic() > deadline:
@@ -158,6 +166,11 @@ def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,
                     raise KafkaException(m.error())
                 out[m.partition()].append(m)
                 at_end.discard(m.partition())
+                read += 1
+            if on_progress is not None:  # cached: ListOffsets("latest") may be wrong here
+                highs = [consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                        cached=True)[1] for p in parts]
+                on_progress(read, sum(highs) if min(highs) >= 0 else None)
     finally:
         consumer.close()
     return [m for p in parts for m in out[p]]

@@ -16,6 +16,9 @@ Commands that talk to Kafka check that a broker answers before anything else (be
 a Dask cluster starts or an input is read past its first frame). ``produce`` skips
 unreadable images of a folder with a warning line each, lists them as ``skipped`` in
 its summary and still exits 0: every readable frame was delivered.
+
+Options also come from a TOML file (``--config``) and ``STREAMIMG_*`` environment
+variables; a flag beats a variable, which beats the file (see :mod:`streamimg.settings`).
 """
 
 from __future__ import annotations
@@ -94,10 +97,9 @@ def cmd_produce(args) -> int:
     if not source.exists():
         raise CommandError(f"no such file or folder: {source}",
                            "give a video file or a folder of images")
-    from rich.progress import Progress
-
     from streamimg.admin import ensure_topics
-    from streamimg.sources.video import produce_frames, read_images, read_video
+    from streamimg.progress import progress_bar
+    from streamimg.sources.video import count_frames, produce_frames, read_images, read_video
 
     skipped: list[str] = []
 
@@ -119,12 +121,21 @@ def cmd_produce(args) -> int:
                            "give a folder with .png/.jpg/... images, or a video")
     _connect(args, kafka)
     ensure_topics(kafka, [args.topic], args.partitions)
+    try:  # only for the bar: the header's count (or an estimate), or None
+        total = count_frames(source, frame_step=args.frame_step, loop=args.loop,
+                             limit=args.limit)
+    except (OSError, ValueError):
+        total = None
+    progress = progress_bar("frames")
     interrupted = threading.Event()
 
     def on_sigint(signum, frame):
         if interrupted.is_set():
             print("streamimg produce: second Ctrl-C, exiting now; frames still queued are "
                   "not delivered", file=sys.stderr, flush=True)
+            if progress.console.is_terminal:
+                sys.__stderr__.write("\x1b[?25h\n")  # the live bar hid the cursor
+                sys.__stderr__.flush()
             os._exit(EXIT_INTERRUPTED)
         interrupted.set()
         print("streamimg produce: interrupted; delivering the frames read so far "
@@ -138,8 +149,8 @@ def cmd_produce(args) -> int:
         sent += 1
         progress.advance(task)
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"producing {source.name} -> {args.topic}", total=args.limit)
+    with progress:
+        task = progress.add_task(f"producing {source.name} -> {args.topic}", total=total)
         ends = produce_frames(kafka, args.topic, chain([first], frames),
                               stream=args.stream or source.stem, encoding=args.encoding,
                               on_frame=advance, stop=interrupted.is_set)
@@ -199,18 +210,26 @@ def cmd_consume(args) -> int:
     """Print a topic's committed records as JSON lines; optionally save frames as files.
 
     Frame records show their decoded headers, pixel records their fields
-    (see :mod:`streamimg.describe`).
+    (see :mod:`streamimg.describe`). While reading, a progress bar on stderr counts
+    the records (out of the end offsets once the broker has reported them); the
+    lines are printed after it.
     """
     kafka = _kafka(args)
     existing = _connect(args, kafka)
     from streamimg.admin import read_topic, require_topics
     from streamimg.describe import describe, save_frame
+    from streamimg.progress import progress_bar
 
     require_topics(existing, [args.topic])
     save = Path(args.save_dir) if args.save_dir else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
-    for m in read_topic(kafka, args.topic, timeout_s=args.timeout):
+    with progress_bar("records") as progress:
+        task = progress.add_task(f"reading {args.topic}", total=None)
+        records = read_topic(kafka, args.topic, timeout_s=args.timeout,
+                             on_progress=lambda read, end: progress.update(
+                                 task, completed=read, total=end))
+    for m in records:
         line = describe(m)
         if save and "frame" in line:
             try:
@@ -251,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", "--debug", action="store_true",
                         default=argparse.SUPPRESS,
                         help="debug logging, and a traceback with every error")
+    common.add_argument("--config", metavar="FILE",
+                        help="TOML file of option defaults and [kafka] librdkafka settings "
+                             "($STREAMIMG_CONFIG when omitted); STREAMIMG_<OPTION> variables "
+                             "override it, flags override both")
     kafka = argparse.ArgumentParser(add_help=False)
     kafka.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka host:port[,...]")
     kafka.add_argument("--kafka", action="append", metavar="KEY=VALUE",
@@ -338,9 +361,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(exc: BaseException, command: str, verbose: bool) -> int:
+    """Print the one error line of ``exc`` (and its traceback if ``verbose``); its exit code."""
+    if verbose:
+        logging.getLogger("streamimg.cli").exception("streamimg %s failed", command)
+    code, what, hint = error_line(exc, command)
+    print(f"streamimg {command}: {what}" + (f" ({hint})" if hint else ""),
+          file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``streamimg`` command; returns the exit code (see above)."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``streamimg`` command; returns the exit code (see above).
+
+    Option defaults come from the ``--config`` file and ``STREAMIMG_*`` variables
+    (:mod:`streamimg.settings`), checked before the command runs: a bad one is exit 2.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    from streamimg.settings import apply_settings, merge_kafka
+
+    try:
+        config = apply_settings(parser, argv)
+    except CommandError as exc:
+        command = next((a for a in argv if not a.startswith("-")), "")
+        return _report(exc, command, bool({"-v", "--verbose", "--debug"} & set(argv)))
+    args = parser.parse_args(argv)
+    if args.config not in (None, config):  # an abbreviation the first look did not see
+        return _report(CommandError(f"--config {args.config}: not read",
+                                    "write the option in full: --config FILE"),
+                       args.command, args.verbose)
+    args.config = config
+    if hasattr(args, "kafka"):
+        args.kafka = merge_kafka(args.kafka)
     # Read by distributed when it is first imported (later, by the command that needs it):
     # its INFO lines (scheduler and worker start-up, ~40 a run) go unless asked for.
     if not args.verbose:
@@ -354,12 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (Exception, KeyboardInterrupt) as exc:
-        if args.verbose:
-            logging.getLogger("streamimg.cli").exception("streamimg %s failed", args.command)
-        code, what, hint = error_line(exc, args.command)
-        print(f"streamimg {args.command}: {what}" + (f" ({hint})" if hint else ""),
-              file=sys.stderr, flush=True)
-        return code
+        return _report(exc, args.command, args.verbose)
 
 
 if __name__ == "__main__":

@@ -30,19 +30,18 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import av
 import numpy as np
 from distributed import Client
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.broker import EmbeddedBroker
 from streamimg.cluster import dashboard_link, local_cluster
 from streamimg.codecs.frame import decode_payload, parse_header
 from streamimg.config import KafkaConfig
+from streamimg.progress import progress_bar
 from streamimg.sinks.records import read_lineage
-from streamimg.sources.video import produce_frames, read_video
+from streamimg.sources.video import count_frames, produce_frames, read_video
 from streamimg.topology import load_topology
 
 INPUT_TOPIC = "frames"
@@ -229,11 +228,11 @@ def _publish(console: Console, kafka: KafkaConfig, clips: list[Path], limit: int
 
     Returns ``{partition: end offset}``.
     """
-    with _progress(console) as progress, ThreadPoolExecutor(len(clips)) as pool:
+    with progress_bar("frames", console=console, transient=False) as progress, \
+            ThreadPoolExecutor(len(clips)) as pool:
         def publish(i: int, clip: Path) -> dict[int, int]:
-            total = _frame_count(clip) * loop
             task = progress.add_task(f"publishing {clip.name}",
-                                     total=total if limit is None else min(limit, total))
+                                     total=count_frames(clip, loop=loop, limit=limit))
             return produce_frames(kafka, INPUT_TOPIC, read_video(clip, limit=limit, loop=loop),
                                   stream=clip.stem, encoding=encoding, partition=i,
                                   on_frame=lambda f: progress.advance(task))
@@ -243,11 +242,6 @@ def _publish(console: Console, kafka: KafkaConfig, clips: list[Path], limit: int
             for p, end in r.result().items():
                 ends[p] = max(ends.get(p, 0), end)
     return ends
-
-
-def _frame_count(clip: Path) -> int:
-    with av.open(str(clip)) as container:
-        return int(container.streams.video[0].frames)
 
 
 def _stop(daemon: subprocess.Popen) -> int:
@@ -290,15 +284,10 @@ def _keep_running(console: Console, bootstrap: str, dashboard: str, daemon: subp
             signal.signal(sig, handler)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
-
-
 def _wait_committed(console, kafka, group, ends, daemon, frames_in):
     first_commit = None
     deadline = time.monotonic() + WAIT_LIMIT_S
-    with _progress(console) as progress:
+    with progress_bar("frames", console=console, transient=False) as progress:
         task = progress.add_task("committed results", total=frames_in)
         while True:
             committed = committed_offsets(kafka, group, [INPUT_TOPIC])

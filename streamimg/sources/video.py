@@ -6,6 +6,7 @@ video and publishes them as frame messages (``streamimg.codecs.frame``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -127,6 +128,69 @@ def read_images(folder: str | Path, *, frame_step: int = 1, limit: int | None = 
         kept += 1
         if limit is not None and kept >= limit:
             return
+
+
+def count_frames(path: str | Path, *, frame_step: int = 1, loop: int = 1,
+                 limit: int | None = None) -> int | None:
+    """How many frames :func:`read_video` or :func:`read_images` yields for these arguments.
+
+    For a video: the frame count its container records (PyAV's ``stream.frames``),
+    or, when it records none (Matroska, WebM, ...), its duration in seconds times its
+    average frame rate, rounded (an estimate); read ``loop`` times, every
+    ``frame_step``-th frame kept (counted across loops, as :func:`read_video` does),
+    capped by ``limit``. For a folder: its image files (the suffixes
+    :func:`read_images` reads, decodable or not) with the same step and cap;
+    ``loop`` does not apply. Opens the container's header only: decodes nothing.
+
+    Returns
+    -------
+    int or None
+        The number of frames, or None when the video records neither a frame
+        count nor both a duration and a frame rate (e.g. a raw H.264 stream).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If ``frame_step`` or ``loop`` is < 1, or ``path`` is not a video FFmpeg can
+        open or has no video stream.
+    """
+    path = Path(path)
+    if frame_step < 1 or loop < 1:
+        raise ValueError(f"frame_step={frame_step} and loop={loop} must be >= 1")
+    if path.is_dir():
+        files = sum(1 for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        total = math.ceil(files / frame_step)
+    elif path.is_file():
+        frames = _frames_in_video(path)
+        if frames is None:
+            return None
+        total = math.ceil(frames * loop / frame_step)
+    else:
+        raise FileNotFoundError(f"{path} does not exist")
+    return total if limit is None else max(0, min(total, limit))
+
+
+def _frames_in_video(path: Path) -> int | None:
+    """Frames of the first video stream: recorded count, else duration x average rate."""
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise ValueError(f"{path} is not a video FFmpeg can read ({exc})") from None
+    with container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / av.time_base
+        else:
+            return None
+        return round(seconds * float(stream.average_rate)) if stream.average_rate else None
 
 
 def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame], *,
