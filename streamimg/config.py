@@ -2,6 +2,12 @@
 
 Every check here runs before the daemon subscribes, so a bad configuration
 fails before any offset moves.
+
+What the settings guarantee: the consumer reads only committed input
+(``read_committed``) and commits nothing by itself (offsets go into the daemon's
+transactions); input partitions are served fairly, a backlog on one does not starve
+another (:data:`FETCH_MAX_BYTES`; the conditions are in :class:`KafkaConfig`'s Notes);
+work in flight is bounded in batches and bytes (:class:`BatchConfig`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic characters and length
+
+# The daemon's consumer fetches at most this much per response (fetch.max.bytes) and per
+# partition (max.partition.fetch.bytes); a larger record batch still comes whole when it is
+# the first of a response (Kafka's rule; the embedded broker's too). Why so small: when the
+# daemon is slower than the broker, librdkafka's prefetch queue (64 MB) is full and fetching
+# stops; each time the daemon takes a batch, fetching resumes, and the first request after
+# such a pause names the same partition first every time. A broker fills a response partition
+# by partition in request order, and the embedded broker ignores the per-partition bound (its
+# responses stop near 5 MB), so with a response larger than the daemon's batch one response
+# refilled the queue each time, always from one partition. At 256 KB a response holds one raw
+# frame: the frames of a batch are refilled by several responses, which librdkafka's round
+# robin takes from the partitions in turn. Measured, 2 partitions x 500 raw 640x272 frames
+# (522 KB), light work, 3 runs: at 64 MB partition 1 had 119-194 frames committed when
+# partition 0 was drained (6-10 s without a commit for it), at 256 KB 497-500 (never more than
+# 0.8 s), at 36-43 frames/s both; an 8 MB per-partition bound alone changed nothing on the
+# embedded broker. Raw 720p: 31.0 against 30.9 frames/s (medians of 4). 64 KB was fair for
+# 100 KB frames too, but the embedded broker spends ~2 ms of CPU a fetch: a plain consumer of
+# 100 KB frames peaked at 270-410 frames/s, against ~1,000 at 256 KB and 2,500-3,300 at 64 MB.
+#: The daemon's consumer fetches at most this many bytes a response and a partition (a larger
+#: record batch still comes whole): one raw frame a response, so partitions interleave.
+FETCH_MAX_BYTES = 256 * 1024
 
 
 class ConfigError(ValueError):
@@ -93,6 +120,23 @@ class KafkaConfig:
         and the daemon dead-letters them by reference.
     extra : dict
         Further librdkafka settings, applied to both clients last.
+
+    Notes
+    -----
+    Fairness between input partitions: the daemon's consumer fetches at most
+    :data:`FETCH_MAX_BYTES` (256 KB) a response, so while the daemon is slower than the
+    broker (a backlog) the frames it takes for each batch are refilled by several fetch
+    responses, taken from the assigned partitions in turn: a backlog on one partition does
+    not hold back another, which advances at the same rate. This holds when a batch spans at
+    least two of the input's record batches: raw frames (a record batch each) with
+    ``max_frames`` >= 2, and frames produced one per record batch (a camera at its frame
+    rate). Small records packed many to a record batch (a backlog of JPEG frames produced in
+    bulk, ~30 in each 1 MB batch) are served in turns of whole record batches: measured, the
+    other partition had 213-292 frames committed when the first had 300 (64 MB fetches: 0-193),
+    and went at most 2.5 s without a commit (64 MB: 4-9 s). Each response is one round trip
+    to the broker: on a link with a long round trip, ``extra`` may raise ``fetch.max.bytes``
+    and ``max.partition.fetch.bytes`` (fewer, larger responses; partitions then take turns in
+    larger steps, and one may wait while another's backlog drains).
     """
 
     bootstrap: str = "127.0.0.1:9092"
@@ -137,8 +181,13 @@ class KafkaConfig:
         offsets are committed inside the producer's transaction.
         ``fetch.queue.backoff.ms=10``: with librdkafka's default of 1000 the
         prefetch queue stalled after ~23 raw 720p frames (25 -> 41 frames/s).
+        ``fetch.max.bytes`` and ``max.partition.fetch.bytes`` are :data:`FETCH_MAX_BYTES`
+        (256 KB, one raw frame per response), so partitions interleave (see there); larger
+        records still arrive whole. The consumer sends no records, so its
+        ``message.max.bytes`` is lowered to the fetch bound (librdkafka refuses a
+        ``fetch.max.bytes`` below it), whatever ``extra`` sets for the producer.
         """
-        return {
+        conf = {
             **self.common(), "receive.message.max.bytes": 2_147_483_647,
             "group.id": group, "client.id": client_id,
             "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -146,12 +195,15 @@ class KafkaConfig:
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": self.heartbeat_interval_ms,
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
-            "fetch.max.bytes": self.max_message_bytes,
-            "max.partition.fetch.bytes": self.max_message_bytes,
+            "fetch.max.bytes": FETCH_MAX_BYTES,
+            "max.partition.fetch.bytes": FETCH_MAX_BYTES,
             "fetch.queue.backoff.ms": 10,
             "partition.assignment.strategy": "cooperative-sticky",
             **self.extra,
         }
+        conf["message.max.bytes"] = max(1000, min(int(conf["message.max.bytes"]),
+                                                  int(conf["fetch.max.bytes"])))
+        return conf
 
     def reader(self, read_committed: bool = True) -> dict[str, Any]:
         """Settings for a group-less reader (``assign``, no commits): tools and tests.
@@ -183,7 +235,11 @@ class BatchConfig:
     Parameters
     ----------
     max_frames : int
-        Largest batch (frames); a batch closes when it has this many.
+        Largest batch (frames); a batch closes when it has this many. Under a backlog a
+        batch takes frames from every assigned partition in turn (see
+        :class:`KafkaConfig`, Notes); at 1 the partition fetched first after each batch is
+        favoured (measured, raw frames: 200 frames of one partition committed when another
+        had 300), at 2 and more partitions were served equally.
     max_wait_ms : int
         A non-empty batch closes this many ms after its first frame arrived. Under a
         backlog batches fill to ``max_frames`` at once, so this only bounds latency at
