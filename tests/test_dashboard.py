@@ -157,3 +157,17 @@ def test_the_streamimg_page_shows_two_instances_live_in_chromium(kafka, bikes, t
 
 def figure_badge(page, card: str) -> str:
     return page.locator(f'[data-instance="{card}"] .badge').inner_text(timeout=10_000)
+
+
+@pytest.mark.timeout(120)
+def test_a_preloaded_scheduler_serves_the_page_before_any_daemon(tmp_path):
+    """``dask scheduler --preload streamimg.dashboard.page`` (as docker-compose.yml runs it)."""
+    with DaskProcesses(tmp_path, n_workers=0,
+                       scheduler_args=("--preload", "streamimg.dashboard.page")) as dask:
+        port = dask.dashboard_port
+        wait_until(lambda: state(port).get("now"), 60, "the page's JSON", interval_s=0.5)
+        assert state(port)["instances"] == []
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/streamimg", timeout=30) as r:
+            assert "<title>Dask: streamimg</title>" in r.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as r:
+            assert 'href="streamimg"' in r.read().decode()

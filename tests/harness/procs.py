@@ -38,8 +38,9 @@ class DaskProcesses:
     Use as a context manager; ``address`` is the scheduler's ``tcp://`` address.
     """
 
-    def __init__(self, log_dir: Path, n_workers: int = 2):
+    def __init__(self, log_dir: Path, n_workers: int = 2, scheduler_args: tuple = ()):
         self.log_dir = log_dir
+        self.scheduler_args = list(scheduler_args)
         self.n_workers = n_workers
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
@@ -62,7 +63,7 @@ class DaskProcesses:
         self.scheduler = self._spawn(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
              "--port", str(self.port), "--dashboard-address", f"127.0.0.1:{self.dashboard_port}",
-             "--no-show"], "scheduler")
+             "--no-show", *self.scheduler_args], "scheduler")
         for _ in range(self.n_workers):
             self.start_worker()
         self.wait_workers(self.n_workers, 60)
