@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint docs browser demo bench bench-peers chaos clean
+.PHONY: install test lint docs browser demo bench bench-peers chaos soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Minutes at a fixed input rate with daemons and Dask workers killed on a seeded schedule
+# (issue 8): lost/duplicated frames, latency, peak memory -> benchmarks/results/soak.json.
+SOAK_MINUTES ?= 5
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 # streamimg against Quix Streams, streamz and hand-written loops (issue 7). The peers come
 # from the optional `bench` extra, in a virtualenv of their own: quixstreams 3.x pins
