@@ -93,7 +93,7 @@ def _die_with_parent() -> None:
 
 @dataclass
 class EmbeddedBroker:
-    """A Tansu broker process on loopback with in-memory storage.
+    """A Tansu broker process on loopback (in-memory storage unless told otherwise).
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. The
     process is stopped by its own pid; nothing else is signalled.
@@ -107,11 +107,17 @@ class EmbeddedBroker:
         broker stops; the S3 engine survives restarts.
     log_path : Path, optional
         Where the broker's stdout/stderr go; discarded when None.
+    env : dict, optional
+        Extra environment variables for the broker process, over this process's own: the
+        S3 engine reads its endpoint and credentials from ``AWS_ENDPOINT``,
+        ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and
+        ``AWS_ALLOW_HTTP=true`` (for a plain-HTTP endpoint).
     """
 
     port: int = 0
     storage: str = "memory://tansu/"
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
@@ -131,7 +137,7 @@ class EmbeddedBroker:
             self.port = free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self.env}
         self.process = subprocess.Popen(
             [str(tansu_binary()), "broker", "--listener-url", url,
              "--advertised-listener-url", url, "--storage-engine", self.storage],

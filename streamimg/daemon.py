@@ -30,7 +30,8 @@ the payloads the daemon still holds, up to ``chunk_retries`` times, and then
 the batch is discarded and the consumer rewound, as after an abort. Fenced or
 fatal Kafka errors stop the daemon with exit code 3; so do more than
 ``max_aborts`` aborts in a row, and a transactional call that hangs past its
-bound (a watchdog checks).
+bound (a watchdog checks, also while the daemon waits for the committer: a
+rewind, a drain, a stop request).
 
 Rebalances: on revoke, every batch in flight is finished and committed within
 ``drain_timeout_s``; past that, all work in flight is discarded (never
@@ -50,7 +51,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from distributed import Client
 
 from streamimg.admin import connect, ensure_topics, partitions_of, read_record, require_topics
@@ -73,6 +74,8 @@ from streamimg.topology import Topology
 log = logging.getLogger("streamimg.daemon")
 
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
+#: A blocking librdkafka call still under way this long after its own timeout is hung.
+CALL_GRACE_S = 15.0
 
 
 class Daemon:
@@ -157,6 +160,8 @@ class Daemon:
         self.fence_check_s = (float(os.environ.get("STREAMIMG_FENCE_CHECK_S", "10"))
                               if fence_check_s is None else fence_check_s)
         self._bound_since: float | None = None
+        self._hung = False  # the watchdog found the committer stuck in a Kafka call
+        self._closing = False  # the consumer is closing: rebalance callbacks only log
         self._paused: list[TopicPartition] = []
         poll_ms = float(kafka.extra.get("max.poll.interval.ms", 300_000))
         self._pause_s = min(5.0, poll_ms / 3e3)
@@ -216,12 +221,20 @@ class Daemon:
             code = EXIT_FATAL
         finally:
             self._discard()
-            hung = not self._committer.stop(checkpoint.timeout_s)
+            # A call the watchdog found hung is not waited for again (measured: 30 s more).
+            hung = not self._committer.stop(0.0 if self._hung else checkpoint.timeout_s)
             if hung:
                 self.log.error("a transactional Kafka call is still blocked; exiting without it")
                 code = EXIT_FATAL
             try:
+                # close() serves pending rebalance callbacks (measured after a broker restart:
+                # an assign, then a revoke that drained for 60 s, then close() raised _DESTROY
+                # and the daemon died with a traceback, exit 1). Everything in flight was
+                # discarded above: the callbacks only log now, and a failed close is logged.
+                self._closing = True
                 self._consumer.close()  # leaves the group: partitions move at once
+            except KafkaException as exc:
+                self.log.warning("consumer close: %s", exc.args[0].str())
             finally:
                 if not hung:
                     checkpoint.close(abandon=code == EXIT_FATAL)
@@ -404,14 +417,51 @@ class Daemon:
             self._paused = []
 
     def _watchdog(self) -> None:
+        """Raise :class:`FatalKafkaError` if the committer failed for good or hangs.
+
+        Two bounds: one librdkafka call past its own timeout plus :data:`CALL_GRACE_S`
+        (``send_offsets_to_transaction`` ignores its timeout when the group coordinator goes
+        away, confluentinc/librdkafka#5456: measured after a broker restart, blocked for
+        more than 95 s with a 30 s timeout), and a whole transaction past what its retries
+        may take. Once a stop is requested there is no grace: a stop never waits on a call
+        that overran its own timeout. Such a call can be neither interrupted nor aborted
+        (librdkafka refuses a second transactional call while one is under way), so the
+        daemon stops with exit 3 and the next start's ``init_transactions`` completes or
+        aborts the transaction.
+        """
         if self._committer.fatal_error:  # e.g. the idle fencing probe found a newer instance
             raise FatalKafkaError(self._committer.fatal_error)
-        started = self._committer.call_started
         cp = self._committer.checkpoint
+        now = time.monotonic()
+        call = cp.call
+        grace = 0.0 if self._stop.is_set() else CALL_GRACE_S
+        if call is not None and now - call[1] > cp.timeout_s + grace:
+            self._hung = True
+            raise FatalKafkaError(
+                f"{call[0]} has not returned in {now - call[1]:.1f} s, past its "
+                f"{cp.timeout_s:.0f} s timeout (broker restarted or unreachable?); the "
+                "transaction's outcome is unknown: stopping, the next start's "
+                "init_transactions completes or aborts it")
+        started = self._committer.call_started
         bound = cp.timeout_s * (cp.retries + 2) + 10.0
-        if started is not None and time.monotonic() - started > bound:
+        if started is not None and now - started > bound:
+            self._hung = True
             raise FatalKafkaError(f"a transaction has been blocked in a Kafka call for more than "
                                   f"{bound:.0f} s (broker unreachable?)")
+
+    def _wait_committer(self, timeout_s: float) -> bool:
+        """Wait until every batch handed over has an outcome; False after ``timeout_s``.
+
+        The watchdog runs meanwhile: before, this waited blind, and after a broker restart
+        the poll thread sat 60 s in here (in ``_on_lost``) with no log line while the
+        committer was stuck in ``send_offsets_to_transaction``, a stop request unheeded.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self._committer.wait_idle(0.2):
+            self._watchdog()
+            if time.monotonic() > deadline:
+                return False
+        return True
 
     # -- discarding and rewinding --------------------------------------------------------
 
@@ -427,7 +477,7 @@ class Daemon:
         """Discard work in flight; seek ``partitions`` (all assigned) to the committed offsets."""
         self._discard()
         bound = self._committer.checkpoint.timeout_s * 2
-        if not self._committer.wait_idle(bound):
+        if not self._wait_committer(bound):
             raise FatalKafkaError(f"the committer did not finish within {bound:.0f} s")
         self._handle_outcomes()
         assigned = partitions if partitions is not None else self._consumer.assignment()
@@ -444,6 +494,7 @@ class Daemon:
         while self._dispatch.inflight or self._committer.pending:
             if time.monotonic() > deadline:
                 return False
+            self._watchdog()  # a hung commit would hold a stop request for drain_timeout_s
             self._hand_over_ready()
             self._dispatch.wait_head(0.05)
             self._handle_outcomes(wait_s=0.0 if self._dispatch.inflight else 0.05)
@@ -469,6 +520,8 @@ class Daemon:
     # -- rebalance callbacks (run inside consume(), on this thread) -------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._closing:
+            return
         self.stats.rebalances += 1
         self.log.info("assigned %s", [(p.topic, p.partition) for p in partitions],
                       extra={"event": "assign"})
@@ -479,6 +532,9 @@ class Daemon:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
         self.log.info("revoking %s", sorted(revoked), extra={"event": "revoke"})
+        if self._closing:  # run() discarded all work in flight already: nothing to drain
+            self._tell_revoked(revoked)
+            return
         self._resume()
         if not self._drain(self.drain_timeout_s):
             self.log.warning("revoke: work in flight did not finish in %.0f s; discarding it",
@@ -486,15 +542,18 @@ class Daemon:
             kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in revoked]
             self._rewind(kept)
         self._batcher.drop(revoked)
-        for listener in self.listeners:
-            listener.revoked(sorted(revoked))
+        self._tell_revoked(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self.log.warning("lost %s: discarding work in flight", sorted(lost),
                          extra={"event": "lost"})
-        self._resume()
-        kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in lost]
-        self._rewind(kept)
+        if not self._closing:
+            self._resume()
+            kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in lost]
+            self._rewind(kept)
+        self._tell_revoked(lost)
+
+    def _tell_revoked(self, partitions: set[tuple[str, int]]) -> None:
         for listener in self.listeners:
-            listener.revoked(sorted(lost))
+            listener.revoked(sorted(partitions))

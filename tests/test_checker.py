@@ -173,6 +173,34 @@ def test_read_log_pages_through_many_fetches(topo, kafka, monkeypatch):
     assert len(fetches) > 2 and fetches == sorted(set(fetches))  # forward, never twice
 
 
+def test_read_log_waits_longer_when_a_fetch_comes_back_without_records(topo, kafka,
+                                                                      monkeypatch):
+    # Tansu's S3 engine answers a fetch whose wait ran out before it read the object store
+    # with the partition and no records, below the high watermark: simulated here for waits
+    # under 80 ms. Before, the checker retried at 20 ms forever (a test timed out).
+    p = topo.producer("a")
+    for so in range(3):
+        topo.txn(p, [(topo.frames, 0, so)], commit=True)
+    whole = read_log(kafka.bootstrap, topo.frames, TIMEOUT_S)
+    waits = []
+    real = checker._Connection.call
+
+    def slow_store(self, request, deadline):
+        response = real(self, request, deadline)
+        if type(request).__name__ == "FetchRequest":
+            waits.append(request.max_wait_ms)
+            if request.max_wait_ms < 80:
+                for t in response.responses:
+                    for part in t.partitions:
+                        part.records = b""
+        return response
+
+    monkeypatch.setattr(checker._Connection, "call", slow_store)
+    assert read_log(kafka.bootstrap, topo.frames, TIMEOUT_S) == whole
+    assert waits[:3] == [checker.FETCH_WAIT_MS, 2 * checker.FETCH_WAIT_MS,
+                         4 * checker.FETCH_WAIT_MS], waits
+
+
 def test_a_marker_of_an_older_epoch_ends_nothing():
     # A zombie's marker (epoch 0) after the new epoch's record must not decide it.
     rows = [{"topic": "t", "partition": 0, "offset": o, "key": None, "value": None,
@@ -265,6 +293,29 @@ def test_torn_transaction_is_reported_apart(topo):
         Torn((topo.inp, 0, 2), (topo.frames,), ((topo.analytics, (ABORTED,)),))]}, \
         report.summary()
     assert "broker defect" in report.summary() and "S3" in report.summary()
+
+
+def test_torn_transaction_redone_is_reported_apart_not_as_a_duplicate(topo):
+    # A torn transaction whose input was processed again (the broker lost the offsets too):
+    # committed everywhere in the end, twice in frames. The producer's epoch committed one
+    # output in frames and none in analytics: the broker's, not a duplicate of the client's.
+    p = topo.producer("a")
+    topo.run_good(p, skip={(0, 2)})
+    topo.txn(p, [(topo.frames, 0, 2)], commit=True)
+    topo.txn(p, [(topo.analytics, 0, 2)], commit=False)
+    topo.txn(p, topo.outputs_for(0, 2), commit=True)  # the redo
+    report = topo.check()
+    assert violations(report) == {"torn": [
+        Torn((topo.inp, 0, 2), (topo.frames,), ((topo.analytics, (ABORTED,)),))]}, \
+        report.summary()
+    # A newer epoch of the same id committing the redo is counted apart from the torn one.
+    topo.producer("a")  # fences: epoch + 1
+    topo.txn(topo.producer("a"), topo.outputs_for(1, 0), commit=True)
+    report = topo.check()
+    src = (topo.inp, 1, 0)
+    assert [(m.topic, m.source, m.found) for m in report.duplicated] == [
+        (topo.frames, src, 2), (topo.analytics, src, 2)], report.summary()
+    assert [t.source for t in report.torn] == [(topo.inp, 0, 2)], report.summary()
 
 
 def test_dead_letters_of_good_inputs_and_missing_ones_are_reported(topo):

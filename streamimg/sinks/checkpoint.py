@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,12 @@ class Checkpoint:
         self.timeout_s = timeout_s
         self.retries = retries
         self._producer = Producer(producer_conf)
+        #: The blocking librdkafka call under way, ``(name, time.monotonic() at its start)``;
+        #: None between calls. Each is given ``timeout_s``, but librdkafka does not always
+        #: return: ``send_offsets_to_transaction`` waits for the group coordinator with no
+        #: bound at all (confluentinc/librdkafka#5456; measured here over 95 s with a 30 s
+        #: timeout after a broker restart). The daemon's watchdog reads this.
+        self.call: tuple[str, float] | None = None
         self.committed = 0
         self.aborted = 0
         self.commit_ms_total = 0.0
@@ -225,8 +232,9 @@ class Checkpoint:
         self._call(self._producer.begin_transaction, during="begin_transaction")
         try:
             try:  # one attempt: the transaction is empty, nothing to redo if it fails
-                self._producer.send_offsets_to_transaction(offsets, group_metadata,
-                                                           self.timeout_s)
+                with self._blocking("fencing probe"):
+                    self._producer.send_offsets_to_transaction(offsets, group_metadata,
+                                                               self.timeout_s)
             except KafkaException as exc:
                 self._raise(exc.args[0], "fencing probe")
             self._commit_transaction("fencing probe")
@@ -249,7 +257,9 @@ class Checkpoint:
         for topic, partition, value in states:
             self._producer.produce(topic, value=value, partition=partition,
                                    on_delivery=delivered)
-        if self._producer.flush(self.timeout_s) > 0 or failed or len(acked) != len(states):
+        with self._blocking("flush"):
+            left = self._producer.flush(self.timeout_s)
+        if left > 0 or failed or len(acked) != len(states):
             raise TransactionAborted(f"state records not acknowledged: {failed or 'timeout'}")
         return [TopicPartition(t, p, o) for (t, p), o in sorted(acked.items())]
 
@@ -278,7 +288,8 @@ class Checkpoint:
 
     def _flush(self) -> None:
         try:
-            left = self._producer.flush(self.timeout_s)
+            with self._blocking("flush"):
+                left = self._producer.flush(self.timeout_s)
         except KafkaException as exc:
             self._raise(exc.args[0], "flush")
         if left:
@@ -288,7 +299,8 @@ class Checkpoint:
     def _abort(self) -> None:
         self.aborted += 1
         try:
-            self._producer.abort_transaction(self.timeout_s)
+            with self._blocking("abort_transaction"):
+                self._producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             if err.fatal():
@@ -316,7 +328,8 @@ class Checkpoint:
         """
         for attempt in range(self.retries + 1):
             try:
-                self._producer.commit_transaction(self.timeout_s)
+                with self._blocking(during):
+                    self._producer.commit_transaction(self.timeout_s)
                 return
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
@@ -330,10 +343,20 @@ class Checkpoint:
                     "is unknown (a commit in progress cannot be aborted); stopping, the next "
                     "start's init_transactions completes or aborts it") from None
 
+    @contextmanager
+    def _blocking(self, during: str) -> Iterator[None]:
+        """Mark a blocking librdkafka call (given ``timeout_s``) as under way: :attr:`call`."""
+        self.call = (during, time.monotonic())
+        try:
+            yield
+        finally:
+            self.call = None
+
     def _call(self, fn, *args, during: str):
         for attempt in range(self.retries + 1):
             try:
-                return fn(*args)
+                with self._blocking(during):
+                    return fn(*args)
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if err.retriable() and not err.fatal() and attempt < self.retries:

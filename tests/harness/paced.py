@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 
 from streamimg.sources.video import SourceFrame, produce_frames
 
 
 class PacedStream:
     """Frames into both partitions of ``topic`` from background threads, in bursts, until
-    :meth:`stop` (or ``cap`` frames per partition); :meth:`stop` returns the end offsets."""
+    :meth:`stop` (or ``cap`` frames per partition); :meth:`stop` returns the end offsets.
 
-    def __init__(self, kafka, topic, images, burst=4, pause_s=0.8, cap=600, wall_clock=False):
+    ``restart_on_error``: a producer that fails (a broker restart can desynchronise an
+    idempotent producer for good: ``OUT_OF_ORDER_SEQUENCE_NUMBER``, fatal) is replaced by a
+    new one that goes on with the next frame, as a camera's would; the failures are kept in
+    :attr:`errors` instead of failing :meth:`stop`. The frames of a failed producer may or
+    may not be in the log: the checker reads the log."""
+
+    def __init__(self, kafka, topic, images, burst=4, pause_s=0.8, cap=600, wall_clock=False,
+                 restart_on_error=False):
         self._wall_clock = wall_clock  # capture times: now (ms since the epoch), else i ms
+        self._restart = restart_on_error
         self._stopped = threading.Event()
-        self._ends, self._errors = {}, []
+        self._ends, self.errors = {}, []
         self._threads = [threading.Thread(target=self._run, daemon=True,
                                           args=(kafka, topic, images, p, burst, pause_s, cap))
                          for p in (0, 1)]
@@ -32,12 +41,19 @@ class PacedStream:
             self._stopped.wait(pause_s)
 
     def _run(self, kafka, topic, images, partition, burst, pause_s, cap):
-        try:
-            self._ends.update(produce_frames(
-                kafka, topic, self._frames(images, burst, pause_s, cap),
-                stream=f"cam{partition}", partition=partition, stop=self._stopped.is_set))
-        except Exception as exc:  # noqa: BLE001 - reported by stop()
-            self._errors.append(exc)
+        frames = self._frames(images, burst, pause_s, cap)
+        while True:
+            try:
+                ends = produce_frames(kafka, topic, frames, stream=f"cam{partition}",
+                                      partition=partition, stop=self._stopped.is_set)
+            except Exception:  # noqa: BLE001 - reported by stop(), with where it came from
+                self.errors.append(traceback.format_exc())
+                if self._restart and not self._stopped.wait(0.5):
+                    continue  # a new producer, the same frames generator
+                return
+            for p, end in ends.items():
+                self._ends[p] = max(end, self._ends.get(p, 0))
+            return
 
     def stop(self, timeout_s=90):
         """Stop producing; return ``{partition: end offset}`` of everything produced."""
@@ -45,5 +61,5 @@ class PacedStream:
         for t in self._threads:
             t.join(timeout_s)
         assert not any(t.is_alive() for t in self._threads), "the producer threads hang"
-        assert not self._errors, self._errors
+        assert self._restart or not self.errors, self.errors
         return dict(self._ends)
