@@ -31,7 +31,9 @@ test: lint docs browser
 	$(BIN)/pytest -q
 
 chaos: $(STAMP)
-	STREAMIMG_CHAOS=1 $(BIN)/pytest -q tests/test_faults.py tests/test_restart.py
+	STREAMIMG_CHAOS=1 $(BIN)/pytest -q tests/test_faults.py tests/test_restart.py \
+	  tests/test_broker_restart.py tests/test_backpressure.py tests/test_fairness.py \
+	  tests/test_hostile.py
 
 demo: $(STAMP)
 	$(BIN)/streamimg demo
