@@ -69,14 +69,8 @@ def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = Non
     kept = seen = 0
     offset_ms = 0.0
     for _ in range(loop):
-        try:
-            container = av.open(str(path))
-        except av.FFmpegError as exc:
-            raise ValueError(f"{path} is not a video FFmpeg can read ({exc})") from None
+        container, stream = _open_video(path)
         with container:
-            if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
-            stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             duration_ms = 0.0
             for frame in container.decode(stream):
@@ -172,16 +166,28 @@ def count_frames(path: str | Path, *, frame_step: int = 1, loop: int = 1,
     return total if limit is None else max(0, min(total, limit))
 
 
-def _frames_in_video(path: Path) -> int | None:
-    """Frames of the first video stream: recorded count, else duration x average rate."""
+def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.VideoStream]:
+    """``(container, first video stream)``; the caller closes the container.
+
+    Raises
+    ------
+    ValueError
+        If FFmpeg cannot open ``path`` or it has no video stream (the message names it).
+    """
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
         raise ValueError(f"{path} is not a video FFmpeg can read ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path} has no video stream")
+    return container, container.streams.video[0]
+
+
+def _frames_in_video(path: Path) -> int | None:
+    """Frames of the first video stream: recorded count, else duration x average rate."""
+    container, stream = _open_video(path)
     with container:
-        if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
-        stream = container.streams.video[0]
         if stream.frames:
             return int(stream.frames)
         if stream.duration is not None and stream.time_base is not None:
