@@ -314,7 +314,10 @@ class Checkpoint:
         ("Conflicting commit_transaction API call is already in progress") and every
         later ``begin_transaction`` fails the same way, so the only ways on are to call
         it again (it resumes) or to stop. Seen under load with the fencing probe: an
-        abort after the timeout left the producer stuck for good. After ``retries``
+        abort after the timeout left the producer stuck for good. Tansu 0.6 also lands
+        here when a newer producer with the same id started during the commit: it closes
+        the connection on each EndTxn instead of answering PRODUCER_FENCED (librdkafka
+        retries the transport error until the timeout). After ``retries``
         resumptions the outcome is unknown (the records may yet become visible), so
         aborting and redoing the batch could duplicate it: stop instead, and let the
         next start's ``init_transactions`` complete or abort it.
@@ -341,7 +344,10 @@ class Checkpoint:
                 raise FatalKafkaError(
                     f"{during}: {err.str()}, {attempt + 1} times: the transaction's outcome "
                     "is unknown (a commit in progress cannot be aborted); stopping, the next "
-                    "start's init_transactions completes or aborts it") from None
+                    "start's init_transactions completes or aborts it (on Tansu, the embedded "
+                    "broker, also what a newer instance with the same transactional.id looks "
+                    "like: it drops the connection instead of answering PRODUCER_FENCED)"
+                ) from None
 
     @contextmanager
     def _blocking(self, during: str) -> Iterator[None]:
