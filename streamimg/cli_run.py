@@ -116,13 +116,11 @@ def cmd_run(args) -> int:
         adopt("distributed")  # its own plain-text stderr handler goes
     from streamimg.cluster import (
         dashboard_link,
-        fix_mmap_threshold,
         in_process_cluster,
         local_cluster,
     )
     from streamimg.daemon import Daemon
 
-    fix_mmap_threshold()  # frames freed go back to the system (see its docstring)
     cluster = client = metrics = None
     try:
         if args.scheduler:

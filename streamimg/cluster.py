@@ -39,26 +39,6 @@ WORKER_ENV = {
 }
 
 
-def fix_mmap_threshold(nbytes: int = 1 << 20) -> bool:
-    """Serve every allocation of ``nbytes`` (bytes) or more with its own ``mmap`` (glibc).
-
-    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB),
-    after which raw frames (2.8 MB at 720p) come from the heap, whose free space the
-    process keeps: over a 1.3 GB backlog of raw 720p frames, ``streamimg run`` grew by
-    484 MB with the default and by 342 MB with a fixed 1 MiB threshold (same run,
-    tests/test_backpressure.py); the same as ``MALLOC_MMAP_THRESHOLD_=1048576``.
-    Returns False where there is no glibc (``mallopt`` missing), changing nothing.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(nbytes)))  # -3: M_MMAP_THRESHOLD (malloc.h)
-    except (OSError, AttributeError):
-        return False
-
-
 def local_cluster(n_workers: int = 2, threads_per_worker: int = 1,
                   dashboard_address: str = "127.0.0.1:0") -> LocalCluster:
     """Start a ``LocalCluster`` of worker processes on loopback with :data:`WORKER_ENV`.
