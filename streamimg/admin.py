@@ -26,9 +26,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamimg.config import ConfigError, KafkaConfig, KafkaLog
 
+log = logging.getLogger(__name__)
+
 
 class BrokerUnreachable(ConnectionError):
-    """No broker answered a metadata request in time; the message names the address."""
+    """No broker answered in time (metadata, committed offsets); the message says what."""
 
 
 class MissingTopicError(ConfigError):
@@ -121,6 +123,47 @@ def committed_offsets(kafka: KafkaConfig, group: str, topics: Iterable[str],
                 for tp in consumer.committed(tps, timeout=timeout_s)}
     finally:
         consumer.close()
+
+
+def committed_positions(consumer: Consumer, partitions: list[TopicPartition], *,
+                        stopping: Callable[[], bool] = lambda: False, bound_s: float = 120.0,
+                        timeout_s: float = 10.0) -> list[TopicPartition]:
+    """``consumer.committed(partitions)``, tried again while the broker does not answer.
+
+    Each try waits up to ``timeout_s`` s; after a failed one a warning is logged and the
+    next follows after a backoff of 0.5 s, doubling up to 5 s. Where a consumer resumes
+    after an abort or a rebalance comes from here, so a broker restart must not end the
+    daemon with a traceback (measured before: a rewind while the broker was down for more
+    than 30 s raised ``_TIMED_OUT`` from ``committed`` and the daemon exited 1).
+
+    Raises
+    ------
+    BrokerUnreachable
+        If no answer came within ``bound_s`` s, or ``stopping()`` turned true meanwhile (a
+        stop request: the positions are unknown, and nothing was read or committed).
+    KafkaException
+        At once, for an error that is neither retriable nor a timeout or transport error
+        (an authorization failure, for example).
+    """
+    transient = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                 KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT}
+    deadline, backoff = time.monotonic() + bound_s, 0.5
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=timeout_s)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if not (err.retriable() or err.code() in transient):
+                raise
+            why = err.str()
+        if stopping() or time.monotonic() + backoff > deadline:
+            raise BrokerUnreachable(
+                f"the committed offsets of {len(partitions)} partitions could not be read "
+                f"({why}) {'before the stop request' if stopping() else f'in {bound_s:g} s'}")
+        log.warning("reading committed offsets: %s; trying again in %.1f s", why, backoff)
+        time.sleep(backoff)
+        backoff = min(5.0, backoff * 2)
 
 
 def read_topic(kafka: KafkaConfig, topic: str, timeout_s: float = 30.0,

@@ -21,7 +21,8 @@ Backpressure: batches handed out and not yet committed are bounded in count
 (``max_in_flight``) and payload bytes (``max_in_flight_bytes``). At a bound the
 daemon takes no new messages; if the bound holds for min(5 s, a third of
 ``max.poll.interval.ms``) it pauses its partitions, and it keeps calling
-``consume`` so heartbeats and rebalances go on.
+``consume`` so heartbeats and rebalances go on
+(:class:`~streamimg.sources.pausing.PausingManager`).
 
 Failures: whatever user code raises on a frame is that frame's dead letter
 (caught on the worker). A chunk task that fails as a whole (a worker died, the
@@ -30,8 +31,10 @@ the payloads the daemon still holds, up to ``chunk_retries`` times, and then
 the batch is discarded and the consumer rewound, as after an abort. Fenced or
 fatal Kafka errors stop the daemon with exit code 3; so do more than
 ``max_aborts`` aborts in a row, and a transactional call that hangs past its
-bound (a watchdog checks, also while the daemon waits for the committer: a
-rewind, a drain, a stop request).
+bound (the watchdog, :meth:`~streamimg.sinks.committer.Committer.check`, runs in
+the poll loop and while the daemon waits for the committer: a rewind, a drain, a
+stop request). Where the consumer resumes comes from the group's committed offsets,
+read again while the broker does not answer (up to ``max.poll.interval.ms``).
 
 Rebalances: on revoke, every batch in flight is finished and committed within
 ``drain_timeout_s``; past that, all work in flight is discarded (never
@@ -54,7 +57,15 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from distributed import Client
 
-from streamimg.admin import connect, ensure_topics, partitions_of, read_record, require_topics
+from streamimg.admin import (
+    BrokerUnreachable,
+    committed_positions,
+    connect,
+    ensure_topics,
+    partitions_of,
+    read_record,
+    require_topics,
+)
 from streamimg.batching import Batch
 from streamimg.config import KafkaConfig
 from streamimg.dashboard.reporter import DashboardReporter
@@ -69,13 +80,12 @@ from streamimg.sinks.checkpoint import (
     fencing_probe,
 )
 from streamimg.sinks.committer import Committer
+from streamimg.sources.pausing import PausingManager
 from streamimg.topology import Topology
 
 log = logging.getLogger("streamimg.daemon")
 
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
-#: A blocking librdkafka call still under way this long after its own timeout is hung.
-CALL_GRACE_S = 15.0
 
 
 class Daemon:
@@ -159,12 +169,11 @@ class Daemon:
         self._last_tick = float("-inf")  # monotonic s of the last Listener.tick
         self.fence_check_s = (float(os.environ.get("STREAMIMG_FENCE_CHECK_S", "10"))
                               if fence_check_s is None else fence_check_s)
-        self._bound_since: float | None = None
-        self._hung = False  # the watchdog found the committer stuck in a Kafka call
         self._closing = False  # the consumer is closing: rebalance callbacks only log
-        self._paused: list[TopicPartition] = []
-        poll_ms = float(kafka.extra.get("max.poll.interval.ms", 300_000))
-        self._pause_s = min(5.0, poll_ms / 3e3)
+        self._poll_interval_s = float(kafka.extra.get("max.poll.interval.ms", 300_000)) / 1e3
+        cfg = topology.batching
+        self._pausing = PausingManager(cfg.max_in_flight, cfg.max_in_flight_bytes,
+                                       min(5.0, self._poll_interval_s / 3), self.log)
         self._consumer: Consumer | None = None
         self._committer: Committer | None = None
         self.reporter = DashboardReporter.for_daemon(self) if dashboard else None
@@ -222,7 +231,7 @@ class Daemon:
         finally:
             self._discard()
             # A call the watchdog found hung is not waited for again (measured: 30 s more).
-            hung = not self._committer.stop(0.0 if self._hung else checkpoint.timeout_s)
+            hung = not self._committer.stop(0.0 if self._committer.hung else checkpoint.timeout_s)
             if hung:
                 self.log.error("a transactional Kafka call is still blocked; exiting without it")
                 code = EXIT_FATAL
@@ -251,12 +260,12 @@ class Daemon:
         while not self._stop.is_set():
             self._handle_outcomes()
             self._hand_over_ready()
-            self._watchdog()
+            self._committer.check(self._stop.is_set())
             self._progress()
-            if self._at_bound():
+            if self._pausing.at_bound(*self._open()):
                 self._backpressure()
                 continue
-            self._resume()
+            self._pausing.resume(self._consumer)
             # consume(n, timeout) waits for n messages or the timeout: a long timeout would
             # hold a batch's first frames past max_wait_ms (measured: p50 latency +150 ms).
             timeout = min(batcher.wait_s(), 0.005 if self._dispatch.inflight else 0.01)
@@ -376,92 +385,20 @@ class Daemon:
             raise FatalKafkaError(f"{self._aborts_in_a_row} batches in a row failed or were "
                                   "aborted; giving up (nothing of them was committed)")
 
-    # -- backpressure and the watchdog ---------------------------------------------------
+    # -- backpressure -------------------------------------------------------------------
 
     def _open(self) -> tuple[int, int]:
         batches = len(self._dispatch.inflight) + len(self._handed)
         return batches, self._dispatch.nbytes + sum(self._handed.values())
-
-    def _at_bound(self) -> bool:
-        cfg = self.topology.batching
-        batches, nbytes = self._open()
-        at = batches >= cfg.max_in_flight or (batches > 0 and nbytes >= cfg.max_in_flight_bytes)
-        if not at:
-            self._bound_since = None
-        elif self._bound_since is None:
-            self._bound_since = time.monotonic()
-        return at
 
     def _backpressure(self) -> None:
         if self._dispatch.inflight:
             self._dispatch.wait_head(0.05)
         else:
             self._handle_outcomes(wait_s=0.05)
-        if self._bound_since is not None and time.monotonic() - self._bound_since > self._pause_s:
-            if not self._paused:
-                # Pausing drops librdkafka's prefetched messages (fetched again on resume,
-                # and the batches after it came out small), so only a bound that holds a
-                # while pauses: min(5 s, a third of max.poll.interval.ms).
-                self._paused = list(self._consumer.assignment())
-                if self._paused:
-                    self._consumer.pause(self._paused)
-                    self.stats.pauses += 1
-                    self.log.info("backpressure: pausing %d partitions", len(self._paused))
-            for m in self._consumer.consume(num_messages=1, timeout=0):
-                self._add(m)  # keeps the group alive; a paused consumer returns nothing
-
-    def _resume(self) -> None:
-        if self._paused:
-            assigned = set(self._consumer.assignment())
-            self._consumer.resume([tp for tp in self._paused if tp in assigned])
-            self._paused = []
-
-    def _watchdog(self) -> None:
-        """Raise :class:`FatalKafkaError` if the committer failed for good or hangs.
-
-        Two bounds: one librdkafka call past its own timeout plus :data:`CALL_GRACE_S`
-        (``send_offsets_to_transaction`` ignores its timeout when the group coordinator goes
-        away, confluentinc/librdkafka#5456: measured after a broker restart, blocked for
-        more than 95 s with a 30 s timeout), and a whole transaction past what its retries
-        may take. Once a stop is requested there is no grace: a stop never waits on a call
-        that overran its own timeout. Such a call can be neither interrupted nor aborted
-        (librdkafka refuses a second transactional call while one is under way), so the
-        daemon stops with exit 3 and the next start's ``init_transactions`` completes or
-        aborts the transaction.
-        """
-        if self._committer.fatal_error:  # e.g. the idle fencing probe found a newer instance
-            raise FatalKafkaError(self._committer.fatal_error)
-        cp = self._committer.checkpoint
-        now = time.monotonic()
-        call = cp.call
-        grace = 0.0 if self._stop.is_set() else CALL_GRACE_S
-        if call is not None and now - call[1] > cp.timeout_s + grace:
-            self._hung = True
-            raise FatalKafkaError(
-                f"{call[0]} has not returned in {now - call[1]:.1f} s, past its "
-                f"{cp.timeout_s:.0f} s timeout (broker restarted or unreachable?); the "
-                "transaction's outcome is unknown: stopping, the next start's "
-                "init_transactions completes or aborts it")
-        started = self._committer.call_started
-        bound = cp.timeout_s * (cp.retries + 2) + 10.0
-        if started is not None and now - started > bound:
-            self._hung = True
-            raise FatalKafkaError(f"a transaction has been blocked in a Kafka call for more than "
-                                  f"{bound:.0f} s (broker unreachable?)")
-
-    def _wait_committer(self, timeout_s: float) -> bool:
-        """Wait until every batch handed over has an outcome; False after ``timeout_s``.
-
-        The watchdog runs meanwhile: before, this waited blind, and after a broker restart
-        the poll thread sat 60 s in here (in ``_on_lost``) with no log line while the
-        committer was stuck in ``send_offsets_to_transaction``, a stop request unheeded.
-        """
-        deadline = time.monotonic() + timeout_s
-        while not self._committer.wait_idle(0.2):
-            self._watchdog()
-            if time.monotonic() > deadline:
-                return False
-        return True
+        for m in self._pausing.hold(self._consumer):
+            self._add(m)
+        self.stats.pauses = self._pausing.pauses
 
     # -- discarding and rewinding --------------------------------------------------------
 
@@ -477,16 +414,30 @@ class Daemon:
         """Discard work in flight; seek ``partitions`` (all assigned) to the committed offsets."""
         self._discard()
         bound = self._committer.checkpoint.timeout_s * 2
-        if not self._wait_committer(bound):
+        if not self._committer.wait_checked(bound, self._stop.is_set):
             raise FatalKafkaError(f"the committer did not finish within {bound:.0f} s")
         self._handle_outcomes()
         assigned = partitions if partitions is not None else self._consumer.assignment()
         if not assigned:
             return
         self._restore_state(assigned)
-        for tp in self._consumer.committed(assigned, timeout=30):
+        for tp in self._positions(assigned):
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets of ``partitions``, retried while the broker is away.
+
+        Raises
+        ------
+        FatalKafkaError
+            If they cannot be read within ``max.poll.interval.ms`` or before a stop request.
+        """
+        try:
+            return committed_positions(self._consumer, partitions, stopping=self._stop.is_set,
+                                       bound_s=self._poll_interval_s)
+        except BrokerUnreachable as exc:
+            raise FatalKafkaError(f"{exc}: the consumer cannot be positioned") from None
 
     def _drain(self, timeout_s: float) -> bool:
         """Finish and commit every batch in flight within ``timeout_s``; False if not all did."""
@@ -494,7 +445,8 @@ class Daemon:
         while self._dispatch.inflight or self._committer.pending:
             if time.monotonic() > deadline:
                 return False
-            self._watchdog()  # a hung commit would hold a stop request for drain_timeout_s
+            # A hung commit would hold a stop request for drain_timeout_s.
+            self._committer.check(self._stop.is_set())
             self._hand_over_ready()
             self._dispatch.wait_head(0.05)
             self._handle_outcomes(wait_s=0.0 if self._dispatch.inflight else 0.05)
@@ -512,7 +464,7 @@ class Daemon:
         if not state_topic:
             return
         wanted = [TopicPartition(state_topic, tp.partition) for tp in partitions]
-        for tp in self._consumer.committed(wanted, timeout=30):
+        for tp in self._positions(wanted):
             value = (read_record(self.kafka, state_topic, tp.partition, tp.offset)
                      if tp.offset >= 0 else None)
             self._batcher.restore(tp.partition, value)
@@ -535,7 +487,7 @@ class Daemon:
         if self._closing:  # run() discarded all work in flight already: nothing to drain
             self._tell_revoked(revoked)
             return
-        self._resume()
+        self._pausing.resume(self._consumer)
         if not self._drain(self.drain_timeout_s):
             self.log.warning("revoke: work in flight did not finish in %.0f s; discarding it",
                         self.drain_timeout_s)
@@ -549,7 +501,7 @@ class Daemon:
         self.log.warning("lost %s: discarding work in flight", sorted(lost),
                          extra={"event": "lost"})
         if not self._closing:
-            self._resume()
+            self._pausing.resume(self._consumer)
             kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in lost]
             self._rewind(kept)
         self._tell_revoked(lost)

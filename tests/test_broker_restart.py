@@ -13,13 +13,13 @@ between the COMMIT markers of the two output topics tears the transaction (Tansu
 writes them one after the other); the checker reports those inputs as ``torn``, the
 broker's (see ``TORN_NOTE`` in the checker), and any other violation fails the test.
 
-Before the daemon's watchdog fix (``Daemon._wait_committer``, ``Checkpoint.call``), measured:
-after the restart the committer thread sat in ``send_offsets_to_transaction`` for more than
-95 s despite its 30 s timeout (confluentinc/librdkafka#5456), the poll thread waited 60 s
-for it inside the ``lost`` rebalance callback with no log line, SIGTERM took 106 s, and the
-daemon died with a traceback (exit 1) from ``consumer.close()``. This test then fails ("the
-daemon ignored SIGTERM for 60 s"). Now the daemon exits 3 with a line naming the call once
-it is 45 s old, or 30 s once a stop is requested.
+Before the watchdog (``Committer.check``, ``Committer.wait_checked``, ``Checkpoint.call``),
+measured: after the restart the committer thread sat in ``send_offsets_to_transaction`` for
+more than 95 s despite its 30 s timeout (confluentinc/librdkafka#5456), the poll thread
+waited 60 s for it inside the ``lost`` rebalance callback with no log line, SIGTERM took 106
+s, and the daemon died with a traceback (exit 1) from ``consumer.close()``. This test then
+fails ("the daemon ignored SIGTERM for 60 s"). Now the daemon exits 3 with a line naming the
+call once it is 45 s old, or 30 s once a stop is requested.
 
 ``make test`` runs one broker kill (before a commit, SIGTERM 10 s after the restart, while
 the daemon is usually still blocked in that call; ~75 s); with ``STREAMIMG_CHAOS=1`` four

@@ -30,6 +30,9 @@ from streamimg.sinks.checkpoint import (
 
 log = logging.getLogger(__name__)
 
+#: A blocking librdkafka call still under way this long after its own timeout is hung (s).
+CALL_GRACE_S = 15.0
+
 
 class Committer:
     """A thread that commits handed-over batches in order through a :class:`Checkpoint`.
@@ -71,6 +74,7 @@ class Committer:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.call_started: float | None = None  # monotonic start of the commit under way
+        self.hung = False  # check() found a Kafka call stuck: stop() must not wait for it
         self._on_outcome = on_outcome
         self._thread = threading.Thread(target=self._run, name="streamimg-committer",
                                         daemon=True)
@@ -116,6 +120,57 @@ class Committer:
         """Wait until every batch put has an outcome; False on timeout."""
         with self._idle:
             return self._idle.wait_for(lambda: self._busy == 0, timeout=timeout_s)
+
+    def check(self, stopping: bool = False) -> None:
+        """The watchdog: raise :class:`FatalKafkaError` if this committer failed for good or hangs.
+
+        Two bounds: one librdkafka call past its own timeout plus :data:`CALL_GRACE_S`
+        (``send_offsets_to_transaction`` ignores its timeout when the group coordinator goes
+        away, confluentinc/librdkafka#5456: measured after a broker restart, blocked for
+        more than 95 s with a 30 s timeout), and a whole transaction past what its retries
+        may take. ``stopping`` (a stop was requested): no grace, a stop never waits on a
+        call that overran its own timeout. Such a call can be neither interrupted nor
+        aborted (librdkafka refuses a second transactional call while one is under way),
+        so the daemon stops with exit 3 and the next start's ``init_transactions``
+        completes or aborts the transaction. Sets :attr:`hung` when it finds one.
+        """
+        if self.fatal_error:  # e.g. the idle fencing probe found a newer instance
+            raise FatalKafkaError(self.fatal_error)
+        cp, now = self.checkpoint, time.monotonic()
+        call = cp.call
+        grace = 0.0 if stopping else CALL_GRACE_S
+        if call is not None and now - call[1] > cp.timeout_s + grace:
+            self.hung = True
+            raise FatalKafkaError(
+                f"{call[0]} has not returned in {now - call[1]:.1f} s, past its "
+                f"{cp.timeout_s:.0f} s timeout (broker restarted or unreachable?); the "
+                "transaction's outcome is unknown: stopping, the next start's "
+                "init_transactions completes or aborts it")
+        started = self.call_started
+        bound = cp.timeout_s * (cp.retries + 2) + 10.0
+        if started is not None and now - started > bound:
+            self.hung = True
+            raise FatalKafkaError(f"a transaction has been blocked in a Kafka call for more than "
+                                  f"{bound:.0f} s (broker unreachable?)")
+
+    def wait_checked(self, timeout_s: float, stopping: Callable[[], bool]) -> bool:
+        """:meth:`wait_idle` with :meth:`check` every 0.2 s; False after ``timeout_s``.
+
+        Before the watchdog ran here, the daemon waited blind: after a broker restart
+        its poll thread sat 60 s in a rewind with no log line while this thread was stuck
+        in ``send_offsets_to_transaction``, a stop request unheeded.
+
+        Raises
+        ------
+        FatalKafkaError
+            From :meth:`check`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.wait_idle(0.2):
+            self.check(stopping())
+            if time.monotonic() > deadline:
+                return False
+        return True
 
     def stop(self, timeout_s: float) -> bool:
         """End the thread after the queued batches; False if it is still in a Kafka call."""
