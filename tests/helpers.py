@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,14 +53,16 @@ def slow_topology(path, name, topic, body, seconds, **batching):
 
 def start_daemon(topology: Path, kafka: KafkaConfig, cluster, log: Path, instance: str = "0",
                  extra: list[str] = (), env: dict[str, str] | None = None,
-                 scheduler: str | None = None) -> subprocess.Popen:
+                 scheduler: str | None = None,
+                 settings: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``streamimg run`` as a child process on the shared cluster (or ``scheduler``;
-    with neither, on worker threads in its own process, as ``streamimg run`` defaults to)."""
+    with neither, on worker threads in its own process, as ``streamimg run`` defaults to).
+    ``settings``: librdkafka settings over :data:`TEST_KAFKA`."""
     address = scheduler or (cluster.scheduler_address if cluster is not None else None)
     cmd = [sys.executable, "-m", "streamimg.cli", "run", str(topology),
            "--bootstrap", kafka.bootstrap, *(["--scheduler", address] if address else []),
            "--instance", instance, "--create-topics", *extra]
-    for k, v in TEST_KAFKA.items():
+    for k, v in {**TEST_KAFKA, **(settings or {})}.items():
         cmd += ["--kafka", f"{k}={v}"]
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
@@ -87,3 +91,41 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (bytes), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return 0
+
+
+class RssSampler:
+    """Samples a process's RSS every ``interval_s`` from a thread, from :meth:`start`.
+
+    ``base`` is the RSS when started, ``peak`` the largest sample; :meth:`stop` ends it.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        self.pid, self.interval_s = pid, interval_s
+        self.base = self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> RssSampler:
+        self.base = self.peak = rss_bytes(self.pid)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._done.wait(self.interval_s):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def stop(self) -> int:
+        """Stop sampling; return the growth, peak minus base (bytes)."""
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        return self.peak - self.base

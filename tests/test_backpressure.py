@@ -10,16 +10,13 @@ grows by far less than the backlog.
 from __future__ import annotations
 
 import json
-import re
-import threading
-import time
 
 import numpy as np
 import pytest
 
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.sources.video import SourceFrame, produce_frames
-from tests.helpers import start_daemon, stop_process, wait_until, write_topology
+from tests.helpers import RssSampler, start_daemon, stop_process, wait_until, write_topology
 
 FRAME = (720, 1280, 3)  # raw RGB: 2.76 MB a record
 BOUND = 32 * 1024 * 1024  # max_in_flight_bytes of the topology
@@ -37,15 +34,6 @@ def slow(x):
 
 
 """
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid`` (bytes), 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
-    except (OSError, AttributeError):
-        return 0
 
 
 @pytest.mark.timeout(300)
@@ -73,32 +61,22 @@ def test_a_backlog_30x_the_bound_keeps_memory_bounded_and_pauses(kafka, tmp_path
     # The bound must hold max.poll.interval.ms / 3 = 1 s before the partition pauses.
     proc = start_daemon(path, kafka, None, log, extra=[
         "--stats-file", str(stats), "--kafka", "max.poll.interval.ms=3000"])
-    samples: list[tuple[float, int]] = []
-    done = threading.Event()
-
-    def sample():
-        while not done.wait(0.5):
-            samples.append((time.monotonic(), rss_bytes(proc.pid)))
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    rss = RssSampler(proc.pid)
     try:
         wait_until(lambda: "assigned" in log.read_text() or proc.poll() is not None, 120,
                    "the daemon to get its partition")
         assert proc.poll() is None, log.read_text()
-        base = rss_bytes(proc.pid)
-        sampler.start()
+        rss.start()
         wait_until(lambda: committed_offsets(kafka, name, [topic]).get((topic, 0), -1)
                    >= ends[0] or proc.poll() is not None, 240, "the backlog to be committed",
                    interval_s=0.5)
         assert proc.poll() is None, log.read_text()[-3000:]
     finally:
-        done.set()
+        growth = rss.stop()
         code = stop_process(proc)
     assert code == 0, log.read_text()[-3000:]
-    peak = max(r for _, r in samples)
-    growth = peak - base
     counters = json.loads(stats.read_text())
-    print(f"RSS at assignment {base / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB "
+    print(f"RSS at assignment {rss.base / 1e6:.0f} MB, peak {rss.peak / 1e6:.0f} MB "
           f"(+{growth / 1e6:.0f} MB) over a {backlog_bytes / 1e6:.0f} MB backlog; "
           f"bound {BOUND / 1e6:.0f} MB; pauses {counters['pauses']}")
     # The partition was paused while the bound held, and polled again after.

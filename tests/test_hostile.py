@@ -4,7 +4,9 @@ log line each), every good frame processed once, nothing decoded that could not 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from streamimg.codecs.frame import encode_frame
 from streamimg.daemon import Daemon
 from streamimg.sources.video import SourceFrame, produce_frames
 from tests.harness.checker import check_exactly_once
-from tests.helpers import ROOT, stop_process, wait_until
+from tests.helpers import ROOT, RssSampler, start_daemon, stop_process, wait_until
 
 
 def test_hostile_records_are_dead_lettered_and_good_frames_go_on(kafka, client, uid):
@@ -109,3 +111,54 @@ def test_a_raising_map_function_logs_one_line_per_frame_and_no_traceback(kafka, 
     dead = [line for line in text.splitlines() if "planted failure" in line]
     assert len(dead) == 3 and all("WARNING streamimg.daemon: dead letter" in d for d in dead), text
     assert "Traceback" not in text and "Compute Failed" not in text, text[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_a_100_mb_record_is_dead_lettered_by_reference_and_memory_stays_bounded(kafka, uid,
+                                                                                tmp_path):
+    """A 100 MB record (the broker takes it) among good frames, under ``streamimg run``'s
+    defaults (64 MiB ``max_message_bytes``): the daemon fetches it whole (a fetch returns
+    its first record batch whatever its size), dead-letters it by reference with a log line,
+    goes on with the frames behind it, and its RSS grows by a bounded multiple of the
+    record, not more."""
+    topic, name = f"in-{uid}", f"huge-{uid}"
+    ensure_topics(kafka, [topic])
+    frame = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    huge = 100 * 1024 * 1024
+    producer = Producer({**kafka.producer(), "message.max.bytes": huge + (1 << 20)})
+    for i in range(7):
+        value, headers = encode_frame(frame, stream="s", index=i)
+        if i == 3:
+            value = os.urandom(huge)
+        producer.produce(topic, value=value, headers=headers, key=b"s")
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    path = tmp_path / "t.py"
+    path.write_text(f"import streamimg\ntopology = streamimg.Topology({name!r}, inputs={topic!r},"
+                    " max_frames=2, max_wait_ms=20)\n"
+                    "topology.source.palette(k=3).to_kafka_analytics()\n")
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(path, kafka, None, log)
+    rss = RssSampler(proc.pid, interval_s=0.2)
+    try:
+        wait_until(lambda: "assigned" in log.read_text() or proc.poll() is not None, 120,
+                   "the daemon to get its partition")
+        rss.start()
+        wait_until(lambda: committed_offsets(kafka, name, [topic]).get((topic, 0), -1) >= 7
+                   or proc.poll() is not None, 120, "all 7 records committed")
+    finally:
+        growth = rss.stop()
+        code = stop_process(proc)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    print(f"RSS {rss.base / 1e6:.0f} MB at assignment, +{growth / 1e6:.0f} MB at its peak")
+    assert re.search(rf"dead letter {topic}\[0\]@3 .*{huge} bytes exceeds max_message_bytes",
+                     text), text[-3000:]
+    (dead,) = read_topic(kafka, f"{name}.dlq")
+    assert dead.value() is None  # by reference
+    assert dict(dead.headers())["streamimg.dlq.value_bytes"] == str(huge).encode()
+    frames = sorted(json.loads(m.value())["frame"] for m in read_topic(kafka, f"{name}.analytics"))
+    assert frames == [0, 1, 2, 4, 5, 6]
+    # At most librdkafka's copy of the record and Python's (the consumer hands it over as
+    # bytes), and the allocator's slack; measured: +102 MB, the record held once at a time.
+    assert growth < 3 * huge, f"+{growth / 1e6:.0f} MB"

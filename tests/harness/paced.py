@@ -10,7 +10,8 @@ from streamimg.sources.video import SourceFrame, produce_frames
 
 
 class PacedStream:
-    """Frames into both partitions of ``topic`` from background threads, in bursts, until
+    """Frames into ``partitions`` partitions of ``topic`` (0 and 1 by default), one stream
+    and one background thread each, in bursts, until
     :meth:`stop` (or ``cap`` frames per partition); :meth:`stop` returns the end offsets.
 
     ``restart_on_error``: a producer that fails (a broker restart can desynchronise an
@@ -20,14 +21,14 @@ class PacedStream:
     may not be in the log: the checker reads the log."""
 
     def __init__(self, kafka, topic, images, burst=4, pause_s=0.8, cap=600, wall_clock=False,
-                 restart_on_error=False):
+                 restart_on_error=False, partitions=2):
         self._wall_clock = wall_clock  # capture times: now (ms since the epoch), else i ms
         self._restart = restart_on_error
         self._stopped = threading.Event()
         self._ends, self.errors = {}, []
         self._threads = [threading.Thread(target=self._run, daemon=True,
                                           args=(kafka, topic, images, p, burst, pause_s, cap))
-                         for p in (0, 1)]
+                         for p in range(partitions)]
         for t in self._threads:
             t.start()
 
