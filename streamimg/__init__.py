@@ -19,16 +19,26 @@ _LAZY = {"PixelFrames": "streamimg.assembly", "Batch": "streamimg.batching",
          "FrameInfo": "streamimg.batching", "BatchConfig": "streamimg.config",
          "ConfigError": "streamimg.config", "KafkaConfig": "streamimg.config",
          "Topology": "streamimg.topology", "TopologyError": "streamimg.topology",
-         "load_topology": "streamimg.topology"}
+         "load_topology": "streamimg.topology", "read_images": "streamimg.sources.images",
+         "frames_from_images": "streamimg.sources.images",
+         "image_to_array": "streamimg.sources.images",
+         "array_to_image": "streamimg.sources.images"}
 
 if TYPE_CHECKING:
     from streamimg.assembly import PixelFrames
     from streamimg.batching import Batch, FrameInfo
     from streamimg.config import BatchConfig, ConfigError, KafkaConfig
+    from streamimg.sources.images import (
+        array_to_image,
+        frames_from_images,
+        image_to_array,
+        read_images,
+    )
     from streamimg.topology import Topology, TopologyError, load_topology
 
 __all__ = ["Batch", "BatchConfig", "ConfigError", "FrameInfo", "KafkaConfig", "PixelFrames",
-           "Topology", "TopologyError", "load_topology"]
+           "Topology", "TopologyError", "array_to_image", "frames_from_images", "image_to_array",
+           "load_topology", "read_images"]
 __version__ = "0.1.0"
 
 

@@ -99,7 +99,8 @@ def cmd_produce(args) -> int:
                            "give a video file or a folder of images")
     from streamimg.admin import ensure_topics
     from streamimg.progress import progress_bar
-    from streamimg.sources.video import count_frames, produce_frames, read_images, read_video
+    from streamimg.sources.images import image_frames
+    from streamimg.sources.video import count_frames, produce_frames, read_video
 
     skipped: list[str] = []
 
@@ -108,7 +109,7 @@ def cmd_produce(args) -> int:
         print(f"streamimg produce: skipping {path}: not a readable image ({reason})",
               file=sys.stderr, flush=True)
 
-    frames = (read_images(source, frame_step=args.frame_step, limit=args.limit, on_skip=skip)
+    frames = (image_frames(source, frame_step=args.frame_step, limit=args.limit, on_skip=skip)
               if source.is_dir() else
               read_video(source, frame_step=args.frame_step, limit=args.limit, loop=args.loop))
     try:

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from streamimg.admin import read_topic
 from streamimg.progress import progress_bar
-from streamimg.sources.video import count_frames, read_images, read_video
+from streamimg.sources.images import image_frames
+from streamimg.sources.video import count_frames, read_video
 from tests.helpers import ROOT, clip
 
 ANSI_OR_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # ESC, CR, ...: not \t or \n
@@ -70,7 +71,7 @@ def test_count_frames_of_a_folder(tmp_path):
     for step, limit, expected in [(1, None, 8), (2, None, 4), (3, None, 3), (3, 2, 2),
                                   (1, 100, 8), (8, None, 1)]:
         assert count_frames(tmp_path, frame_step=step, limit=limit) == expected
-        assert sum(1 for _ in read_images(tmp_path, frame_step=step, limit=limit)) == expected
+        assert sum(1 for _ in image_frames(tmp_path, frame_step=step, limit=limit)) == expected
     assert count_frames(tmp_path, loop=5) == 8  # loop does not apply to folders
     (tmp_path / "h.png").write_bytes(b"broken")  # counted: only reading finds it broken
     assert count_frames(tmp_path) == 9

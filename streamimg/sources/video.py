@@ -1,7 +1,8 @@
-"""Frames from video files (PyAV, FFmpeg inside the wheel) and image folders, and a producer.
+"""Frames from video files (PyAV, FFmpeg inside the wheel), and a producer.
 
 This is the ingestion side: it reads frames on the machine that has the
 video and publishes them as frame messages (``streamimg.codecs.frame``).
+Image folders are read by ``streamimg.sources.images``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from confluent_kafka import Producer
 from streamimg.admin import produce
 from streamimg.codecs.frame import encode_frame
 from streamimg.config import KafkaConfig
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,53 +86,16 @@ def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = Non
             offset_ms += duration_ms + 1e3 / rate
 
 
-def read_images(folder: str | Path, *, frame_step: int = 1, limit: int | None = None,
-                on_skip: Callable[[Path, str], None] | None = None) -> Iterator[SourceFrame]:
-    """Read the images of a folder in name order, as RGB uint8 (alpha dropped, grey expanded).
-
-    A frame's ``index`` is the file's position in that order (after ``frame_step``), so a
-    skipped file leaves a gap. ``on_skip(path, reason)``, when given, is called for each
-    file that cannot be decoded, and the file is skipped; without it such a file raises.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``folder`` is not a directory.
-    ValueError
-        If an image cannot be decoded (names the file) and ``on_skip`` is None.
-    """
-    from PIL import Image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    kept = 0
-    for i, p in enumerate(files[::frame_step]):
-        try:
-            with Image.open(p) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            if on_skip is None:
-                raise ValueError(f"{p}: cannot decode image: {exc}") from exc
-            on_skip(p, str(exc))
-            continue
-        yield SourceFrame(i, int(p.stat().st_mtime * 1000), image)
-        kept += 1
-        if limit is not None and kept >= limit:
-            return
-
-
 def count_frames(path: str | Path, *, frame_step: int = 1, loop: int = 1,
                  limit: int | None = None) -> int | None:
-    """How many frames :func:`read_video` or :func:`read_images` yields for these arguments.
+    """How many frames :func:`read_video` or :func:`.image_frames` yields for these arguments.
 
     For a video: the frame count its container records (PyAV's ``stream.frames``),
     or, when it records none (Matroska, WebM, ...), its duration in seconds times its
     average frame rate, rounded (an estimate); read ``loop`` times, every
     ``frame_step``-th frame kept (counted across loops, as :func:`read_video` does),
     capped by ``limit``. For a folder: its image files (the suffixes
-    :func:`read_images` reads, decodable or not) with the same step and cap;
+    :func:`.image_frames` reads, decodable or not) with the same step and cap;
     ``loop`` does not apply. Opens the container's header only: decodes nothing.
 
     Returns
@@ -150,6 +112,8 @@ def count_frames(path: str | Path, *, frame_step: int = 1, loop: int = 1,
         If ``frame_step`` or ``loop`` is < 1, or ``path`` is not a video FFmpeg can
         open or has no video stream.
     """
+    from streamimg.sources.images import IMAGE_SUFFIXES
+
     path = Path(path)
     if frame_step < 1 or loop < 1:
         raise ValueError(f"frame_step={frame_step} and loop={loop} must be >= 1")
