@@ -8,11 +8,13 @@ pyspark's own ``spark.read.format("image")`` on a JVM is not part of this file.)
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from pathlib import Path
 
 import cv2
+import dask
 import dask.array as da
 import fsspec
 import numpy as np
@@ -126,7 +128,9 @@ def test_origin_is_a_percent_encoded_url(tmp_path):
 def test_memory_filesystem(folder):
     fs = fsspec.filesystem("memory")
     root = f"/images-{uuid.uuid4().hex}"
-    try:
+    # memory:// lives in this process: compute here, not on the session's Dask cluster
+    # (a default distributed Client from another test's fixture sends tasks to its workers).
+    with dask.config.set(scheduler="threads"), _memory_cleanup(fs, root):
         for path in folder.rglob("*"):
             if path.is_file():
                 fs.pipe_file(f"{root}/{path.relative_to(folder).as_posix()}", path.read_bytes())
@@ -139,6 +143,12 @@ def test_memory_filesystem(folder):
         local = read_images(str(folder), recursive=True, sample_ratio=0.5, seed=3)
         assert ([o.split(root)[1] for o in sample.compute().origin]
                 == [o.split(str(folder))[1] for o in local.compute().origin])
+
+
+@contextlib.contextmanager
+def _memory_cleanup(fs, root):
+    try:
+        yield
     finally:
         fs.rm(root, recursive=True)
 

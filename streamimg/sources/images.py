@@ -105,7 +105,10 @@ def read_images(path: str, recursive: bool = False, sample_ratio: float = 1.0,
     Every file is read whatever its suffix; as in Spark (Hadoop's hidden-file filter),
     files and folders whose name starts with ``.`` or ``_`` are skipped. Rows are in path
     order, indexed 0, 1, ... over the sampled files (a dropped failure leaves a gap).
-    Decoding is ``cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)`` (see the module notes).
+    Decoding is ``cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)`` (see the module notes). Files
+    are read when the frame is computed, by whichever process runs the task: a
+    ``memory://`` folder exists only in the process that wrote it, so compute such a frame
+    with the threaded scheduler, not on a cluster of worker processes.
 
     Parameters
     ----------

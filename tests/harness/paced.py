@@ -47,8 +47,8 @@ class PacedStream:
             try:
                 ends = produce_frames(kafka, topic, frames, stream=f"cam{partition}",
                                       partition=partition, stop=self._stopped.is_set)
-            except Exception:  # noqa: BLE001 - reported by stop(), with where it came from
-                self.errors.append(traceback.format_exc())
+            except Exception as exc:  # noqa: BLE001 - reported by stop(), with where it came from
+                self.errors.append(_describe(exc))
                 if self._restart and not self._stopped.wait(0.5):
                     continue  # a new producer, the same frames generator
                 return
@@ -64,3 +64,13 @@ class PacedStream:
         assert not any(t.is_alive() for t in self._threads), "the producer threads hang"
         assert self._restart or not self.errors, self.errors
         return dict(self._ends)
+
+
+def _describe(exc: BaseException) -> str:
+    """The traceback of ``exc``; its repr where the traceback module cannot format it
+    (confluent-kafka raises ``KafkaError`` itself for a fatal producer error, seen after a
+    broker restart: a C type without ``__suppress_context__``, on which formatting fails)."""
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc!r}"
