@@ -237,9 +237,8 @@ def test_broker_killed_mid_transaction_and_restarted_on_s3(tmp_path, uid, bikes)
             stream.stop()
             # The input's end: what the log holds (the frames of a failed producer may be in
             # it or not; a fetch's high watermark is right on Tansu, ListOffsets is not).
-            inputs = {(topic, p): hw for p, hw in read_topic_log(
-                broker.bootstrap, topic, timeout_s=60, keep_values=False
-            ).high_watermarks.items()}
+            in_log = read_topic_log(broker.bootstrap, topic, timeout_s=60, keep_values=False)
+            inputs = {(topic, p): hw for p, hw in in_log.high_watermarks.items()}
             wait_for(lambda: committed_now(kafka, name, topic) == inputs, 180,
                      f"the group to commit {inputs}", sup)
             sup.proc.send_signal(signal.SIGTERM)
@@ -260,5 +259,10 @@ def test_broker_killed_mid_transaction_and_restarted_on_s3(tmp_path, uid, bikes)
           f"{[e.strip().splitlines()[-1][:120] for e in stream.errors]}")
     print(report.summary())
     assert not all_but_torn(report), report.summary()
-    assert report.good_inputs == sum(inputs.values()), report.summary()
+    # Every input record is a good input. Records, not offsets: after a broker SIGKILL the
+    # S3 engine can leave an offset below the high watermark without a record (seen once in
+    # make chaos: 616 records below high watermarks summing to 617).
+    records = sum(1 for r in in_log.records if r.offset < inputs[(topic, r.partition)])
+    print(f"input: {records} records below high watermarks summing to {sum(inputs.values())}")
+    assert report.good_inputs == records, report.summary()
     assert sup.runs[-1][1] == 0 and len(sup.runs) >= 2, sup.runs  # it was stopped and restarted
