@@ -242,7 +242,7 @@ def test_two_daemons_in_one_group_one_killed_three_times_keep_exactly_once(
     assert "revoking" in log0.read_text(), tail(log0)
 
 
-@pytest.mark.skipif(not CHAOS, reason="make chaos: ~50 s with 2 kills (the suite keeps the "
+@pytest.mark.skipif(not CHAOS, reason="make chaos only: ~2.5 min, 6 kills (the suite keeps the "
                                         "two-daemon scenario)")
 @pytest.mark.timeout(900)
 def test_three_daemons_in_one_group_killed_in_turn_keep_exactly_once(kafka, cluster, bikes,
