@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,detect,test,docs]'
+	$(BIN)/pip install --quiet -e '.[embedded,detect,track,test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,7 +54,7 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed-stamp: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/pip install --quiet -e '.[embedded,detect,test,bench]'
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[embedded,detect,track,test,bench]'
 	touch $@
 
 bench-peers: $(BENCH_VENV)/.installed-stamp

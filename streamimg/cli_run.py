@@ -70,8 +70,8 @@ def cmd_run(args) -> int:
 
             require_topics(existing, topology.inputs, "input topic")
         _check_clients(kafka, topology, args)
-        outputs = sorted({*topology.output_topics, topology.dlq_topic} |
-                         ({topology.state_topic} if topology.state_topic else set()))
+        outputs = sorted({*topology.output_topics, topology.dlq_topic,
+                          *topology.state_topics()})
         inputs = [f"{t} (missing: --create-topics creates it)" if t in missing else t
                   for t in topology.inputs]
         print(f"streamimg run --check: topology {topology.name!r} OK; "

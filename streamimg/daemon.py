@@ -81,11 +81,12 @@ from streamimg.sinks.checkpoint import (
 )
 from streamimg.sinks.committer import Committer
 from streamimg.sources.pausing import PausingManager
+from streamimg.state import StateError
 from streamimg.topology import Topology
 
 log = logging.getLogger("streamimg.daemon")
 
-EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_STATE, EXIT_FATAL = 0, 1, 2, 3
 
 
 class Daemon:
@@ -187,7 +188,10 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until :meth:`stop`; return 0, or 3 after a fatal Kafka error.
+        """Run until :meth:`stop`; return 0, 3 after a fatal Kafka error, 2 on a state error.
+
+        A state error: a committed operator state cannot be loaded, or has grown past
+        what a state record may hold (``StateError``, logged with the operator's name).
 
         Raises
         ------
@@ -201,8 +205,9 @@ class Daemon:
         t = self.topology
         require_topics(connect(self.kafka, 30.0), t.inputs, "input topic")
         ensure_topics(self.kafka, [*t.output_topics, t.dlq_topic], t.partitions)
-        if t.state_topic:  # one state partition per input partition
-            ensure_topics(self.kafka, [t.state_topic], len(partitions_of(self.kafka, t.inputs[0])))
+        if t.state_topics():  # one state partition per input partition
+            ensure_topics(self.kafka, t.state_topics(),
+                          len(partitions_of(self.kafka, t.inputs[0])))
         checkpoint = Checkpoint(self.kafka.producer(self.transactional_id))
         checkpoint.start()  # fences an older instance before we read anything
         probe = fencing_probe(self.kafka.consumer(
@@ -228,6 +233,9 @@ class Daemon:
             self.log.error("stopping: %s", exc, extra={
                 "event": "fenced" if "fenced" in str(exc).lower() else "fatal"})
             code = EXIT_FATAL
+        except StateError as exc:
+            self.log.error("stopping: operator state: %s", exc, extra={"event": "state"})
+            code = EXIT_STATE
         finally:
             self._discard()
             # A call the watchdog found hung is not waited for again (measured: 30 s more).
@@ -313,12 +321,14 @@ class Daemon:
             return
         self.stats.chunks_resubmitted = self._dispatch.resubmitted
         for d in finished:
-            item, b = d.item, d.item.batch
+            item, b, t = d.item, d.item.batch, self.topology
             self._handed[item.seq] = item.nbytes
+            states = {**{(t.state_topic, p): v for p, v in b.states.items()},
+                      **{(t.operator_state_topic, p): v for p, v in d.states.items()}}
             self._committer.put(FinishedBatch(
                 item.seq, item.epoch, self.run_id, d.frames_out, d.records, d.dead,
-                self.topology.dlq_topic, b.offsets, self._consumer.consumer_group_metadata(),
-                b.states, self.topology.state_topic, item.created, b.frames))
+                t.dlq_topic, b.offsets, self._consumer.consumer_group_metadata(),
+                states, item.created, b.frames))
 
     def _infrastructure_failed(self, exc: ChunkFailed) -> None:
         self.log.error("%s; discarding the work in flight and rewinding", exc)
@@ -454,20 +464,24 @@ class Daemon:
         return True
 
     def _restore_state(self, partitions: list[TopicPartition]) -> None:
-        """Give the batcher the state committed with each partition's offsets (pixels only).
+        """Restore the state committed with each partition's offsets.
 
-        The group's committed offset on ``<name>.assembler`` partition p is the
-        offset of the state record committed in the same transaction, so a
-        restart reads exactly that record and never an aborted one.
+        The pixel assembler's (``<name>.assembler``) goes to the batcher, the stateful
+        operators' (``<name>.state``) to the dispatcher. The group's committed offset
+        on a state topic's partition p is the offset of the state record committed in
+        the same transaction as input partition p's offset, so a restart reads exactly
+        that record and never an aborted one.
         """
-        state_topic = self.topology.state_topic
-        if not state_topic:
-            return
-        wanted = [TopicPartition(state_topic, tp.partition) for tp in partitions]
-        for tp in self._positions(wanted):
-            value = (read_record(self.kafka, state_topic, tp.partition, tp.offset)
-                     if tp.offset >= 0 else None)
-            self._batcher.restore(tp.partition, value)
+        t = self.topology
+        for topic in t.state_topics():
+            wanted = [TopicPartition(topic, tp.partition) for tp in partitions]
+            for tp in self._positions(wanted):
+                value = (read_record(self.kafka, topic, tp.partition, tp.offset)
+                         if tp.offset >= 0 else None)
+                if topic == t.state_topic:
+                    self._batcher.restore(tp.partition, value)
+                else:
+                    self._dispatch.restore(tp.partition, value)
 
     # -- rebalance callbacks (run inside consume(), on this thread) -------------------------
 

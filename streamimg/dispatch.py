@@ -19,6 +19,15 @@ were lost) is resubmitted from the payloads the daemon still holds, up to
 ``retries`` times; then :class:`ChunkFailed` is raised and the daemon discards
 its work in flight and rewinds. User code never fails a task: a frame that
 raises becomes that frame's dead letter inside the task.
+
+A program with stateful operators adds one *state task* per batch
+(:func:`streamimg.state.run_state`): it depends on the batch's chunks and on
+the previous batch's state task, so every stream's state advances batch after
+batch in input order while later batches' chunks compute. The chain's head is
+``{partition: committed blob}`` after :meth:`Dispatcher.discard` and
+:meth:`Dispatcher.restore`. A lost chunk or state task of a stateful program is
+not resubmitted (the chain after it would have to be rebuilt): it raises
+:class:`ChunkFailed`, and the daemon rewinds to the committed offsets and state.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from distributed import Client, Future, wait
 
 from streamimg.batching import Batch, DeadLetter
 from streamimg.plan import Program
+from streamimg.state import StateError, StateResult, pending_of, run_state, with_partition
 from streamimg.worker import HANDOFF, ChunkResult, run_chunk, run_local_chunk
 
 log = logging.getLogger("streamimg.dispatch")
@@ -57,6 +67,7 @@ class InFlight:
     nbytes: int
     created: float
     handoffs: list[str] = field(default_factory=list)
+    state: Future | None = None  # the batch's state task (stateful programs)
 
 
 @dataclass
@@ -66,6 +77,7 @@ class Done:
     item: InFlight
     records: list[tuple[str, Any, Any, list]]
     dead: list[DeadLetter]
+    states: dict[int, bytes] = field(default_factory=dict)  # partition -> state blob
 
     @property
     def frames_out(self) -> int:
@@ -108,6 +120,10 @@ class Dispatcher:
         self._token, self._blob = program.pickled()
         self.key_prefix = task_prefix(program)
         self._workers_read: tuple[float, dict[str, int]] = (0.0, {})
+        self.stateful = bool(program.stateful)
+        #: What the next batch's state task starts from: the last state task in flight,
+        #: or ``{partition: committed blob}``.
+        self._state_head: Future | dict[int, bytes] = {}
 
     def start(self) -> None:
         """Find out whether the workers share this process (then payloads go in memory)."""
@@ -141,8 +157,18 @@ class Dispatcher:
         except ChunkFailed:
             self._cancel(item)
             raise
+        if self.stateful:
+            self._submit_state(item)
         self.inflight.append(item)
         return item
+
+    def restore(self, partition: int, blob: bytes | None) -> None:
+        """Make ``blob`` (None: no state yet) ``partition``'s state for the next batches."""
+        if isinstance(self._state_head, Future):
+            self._state_head = self.client.submit(with_partition, self._state_head, partition,
+                                                  blob, pure=False)
+        else:
+            self._state_head = with_partition(self._state_head, partition, blob)
 
     def ready(self) -> list[Done]:
         """The oldest batches whose chunks are all done, in submission order.
@@ -152,10 +178,13 @@ class Dispatcher:
         Raises
         ------
         ChunkFailed
-            If a chunk failed more than ``retries`` times or cannot be resubmitted.
+            If a chunk failed more than ``retries`` times or cannot be resubmitted, or a
+            task of the state chain was lost.
+        StateError
+            If a committed operator state cannot be loaded or has grown too large.
         """
         out: list[Done] = []
-        while self.inflight and all(f.done() for f in self.inflight[0].futures):
+        while self.inflight and all(f.done() for f in self._futures(self.inflight[0])):
             done = self._collect(self.inflight[0])
             if done is None:
                 break
@@ -170,7 +199,8 @@ class Dispatcher:
         ``FIRST_COMPLETED`` would return at once and the poll thread would spin through
         the event loop (measured: 30% of a core, and the workers starved of the GIL).
         """
-        running = [f for f in self.inflight[0].futures if not f.done()] if self.inflight else []
+        running = ([f for f in self._futures(self.inflight[0]) if not f.done()]
+                   if self.inflight else [])
         if running:
             try:
                 wait(running, timeout=timeout_s, return_when="FIRST_COMPLETED")
@@ -182,8 +212,23 @@ class Dispatcher:
         for item in self.inflight:
             self._cancel(item)
         self.inflight.clear()
+        self._state_head = {}  # the daemon restores the committed state next
 
     # -- internals ---------------------------------------------------------------------
+
+    @staticmethod
+    def _futures(item: InFlight) -> list[Future]:
+        return [*item.futures, *([item.state] if item.state is not None else [])]
+
+    def _submit_state(self, item: InFlight) -> None:
+        """The batch's state task, after its chunks and the previous batch's state task."""
+        pendings = [self.client.submit(pending_of, f, key=f"pending-{f.key}", pure=False,
+                                       priority=-item.seq) for f in item.futures]
+        item.state = self.client.submit(
+            run_state, self._token, self._blob, self._state_head, pendings, item.batch.frames,
+            self.run, key=f"state:{self.program.name.replace('-', '_')}-{uuid.uuid4().hex}",
+            pure=False, priority=-item.seq)
+        self._state_head = item.state
 
     def _workers(self) -> dict[str, int]:
         """Worker address -> threads, read from the scheduler every 2 s at most."""
@@ -204,7 +249,7 @@ class Dispatcher:
             HANDOFF[key] = (b.frames[lo:hi], b.payloads[lo:hi])
             item.handoffs.append(key)
             return self.client.submit(run_local_chunk, self._token, self._blob, key, b.decode,
-                                      self.run, key=key, pure=False, priority=-item.seq)
+                                      self.run, lo, key=key, pure=False, priority=-item.seq)
         for attempt in range(3):
             workers = sorted(self._workers()) or [None]
             target = workers[(item.seq + j + item.attempts[j] + attempt) % len(workers)]
@@ -218,7 +263,7 @@ class Dispatcher:
                 self._workers_read = (0.0, {})  # list the workers again
                 continue
             return self.client.submit(run_chunk, self._token, self._blob, b.frames[lo:hi],
-                                      data, b.decode, self.run, key=key, pure=False,
+                                      data, b.decode, self.run, lo, key=key, pure=False,
                                       priority=-item.seq, workers=where,
                                       allow_other_workers=True)
         raise ChunkFailed(f"batch {item.seq}: no worker took chunk {j} in 3 tries")
@@ -226,6 +271,14 @@ class Dispatcher:
     def _collect(self, item: InFlight) -> Done | None:
         lost = [j for j, f in enumerate(item.futures) if f.status != "finished"]
         results: list[ChunkResult] = []
+        if self.stateful and item.state.status == "error":
+            exc = _exception(item.state)
+            if isinstance(exc, StateError):  # deterministic: redoing the batch cannot help
+                raise exc
+        if self.stateful and (lost or item.state.status != "finished"):
+            why = _task_error(item.state if not lost else item.futures[lost[0]])
+            raise ChunkFailed(f"batch {item.seq}: a {'chunk' if lost else 'state'} task of "
+                              f"the state chain failed ({why})")
         if not lost:
             try:
                 results = self.client.gather(item.futures)
@@ -246,31 +299,49 @@ class Dispatcher:
                             item.seq, j, why, item.attempts[j] + 1)
                 item.futures[j] = self._submit_chunk(item, j)
             return None
+        state: StateResult | None = None
+        if self.stateful:
+            try:
+                state = item.state.result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - a worker died under the gather
+                raise ChunkFailed(f"batch {item.seq}: gathering the state task failed "
+                                  f"({type(exc).__name__}: {exc})") from None
         _release(item)
         b = item.batch
+        failures = [(lo + i, stage, reason) for (lo, _), r in zip(item.bounds, results,
+                                                                     strict=True)
+                    for i, stage, reason in r.failures]
+        failures = sorted(failures + (state.failures if state is not None else []))
+        failed = {i for i, _, _ in failures}
+        per_frame = [[r.records[s][i] for r in results for i in range(len(r.records[s]))]
+                     for s in range(len(self.program.sinks))]
+        if state is not None:
+            for s, frames in state.records.items():
+                per_frame[s] = frames
         records: list[tuple[str, Any, Any, list]] = []
         for s, topic in enumerate(self.program.topics):
-            for r in results:
-                records.extend((topic, k, v, h) for k, v, h in r.records[s])
+            for i, recs in enumerate(per_frame[s]):
+                if i not in failed:
+                    records.extend((topic, k, v, h) for k, v, h in recs)
         dead = list(b.dead)
-        for (lo, _), r in zip(item.bounds, results, strict=True):
-            for i, stage, reason in r.failures:
-                info, (key, value, headers) = b.frames[lo + i], b.original(lo + i)
-                where = "decode" if stage == "decode" else "process"
-                why = reason if stage in ("decode", "process") else f"{stage}: {reason}"
-                dead.append(DeadLetter(info.topic, info.partition, info.offset, key, value,
-                                       list(headers or ()), where, why))
-        return Done(item, records, dead)
+        for i, stage, reason in failures:
+            info, (key, value, headers) = b.frames[i], b.original(i)
+            where = "decode" if stage == "decode" else "process"
+            why = reason if stage in ("decode", "process") else f"{stage}: {reason}"
+            dead.append(DeadLetter(info.topic, info.partition, info.offset, key, value,
+                                   list(headers or ()), where, why))
+        return Done(item, records, dead, state.changed if state is not None else {})
 
     def _cancel(self, item: InFlight) -> None:
         _release(item)
         try:
-            self.client.cancel(item.futures)
+            self.client.cancel(self._futures(item))
         except Exception as exc:  # noqa: BLE001 - cancelling is best effort
             log.debug("cancel failed: %s", exc)
 
 
 def _release(item: InFlight) -> None:
+    """Drop the daemon's in-memory hand-over of the chunks' payloads."""
     for key in item.handoffs:
         HANDOFF.pop(key, None)
     item.handoffs.clear()
@@ -280,11 +351,15 @@ def _nbytes(payload: Any) -> int:
     return int(getattr(payload, "nbytes", None) or len(payload))
 
 
+def _exception(fut: Future) -> BaseException:
+    try:
+        return fut.exception(timeout=1)
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
 def _task_error(fut: Future) -> str:
     if fut.status == "error":
-        try:
-            exc = fut.exception(timeout=1)
-        except Exception as e:  # noqa: BLE001
-            exc = e
+        exc = _exception(fut)
         return f"{type(exc).__name__}: {exc}"
     return fut.status

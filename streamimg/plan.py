@@ -71,6 +71,20 @@ class ValueOp:
 
 
 @dataclass(frozen=True, eq=False)
+class StateOp:
+    """A named per-frame value from a stateful operator, per stream, in frame order.
+
+    ``op`` is a :class:`~streamimg.analytics.stateful.StatefulOp` reading the values
+    named in ``op.needs``. It does not run in the chunk tasks: the worker hands the
+    values it needs to the batch's state task (``streamimg.state``), which steps every
+    stream's state frame after frame, batch after batch.
+    """
+
+    name: str
+    op: Any
+
+
+@dataclass(frozen=True, eq=False)
 class DrawOp:
     """Drawing on the output frame: ``fn(frame (h, w, c), **kwargs, **{n: value})``."""
 
@@ -119,6 +133,23 @@ class Plan:
         values = {**self.values, name: ValueOp(name, fn, dict(kwargs), self.frames, batched)}
         return Plan(self.frames, MappingProxyType(values), self.drawn)
 
+    def with_state(self, name: str, op: Any) -> Plan:
+        """A plan that also knows the stateful value ``name``: ``op`` stepped per stream.
+
+        Raises
+        ------
+        PlanError
+            If ``name`` exists upstream already or a value ``op`` needs does not.
+        """
+        if name in self.values:
+            raise PlanError(f"analytics name {name!r} is used twice in the pipeline")
+        for need in op.needs:
+            if need not in self.values:
+                raise PlanError(f"{name}: no analytics named {need!r} upstream "
+                                f"(have {sorted(self.values)})")
+        return Plan(self.frames, MappingProxyType({**self.values, name: StateOp(name, op)}),
+                    self.drawn)
+
     def with_drawing(self, fn: Callable[..., Any], needs: tuple[str, ...],
                      **kwargs: Any) -> Plan:
         """A plan whose output frames are drawn by ``fn`` with the values ``needs``.
@@ -132,6 +163,9 @@ class Plan:
             if name not in self.values:
                 raise PlanError(f"annotate: no analytics named {name!r} upstream "
                                 f"(have {sorted(self.values)})")
+            if isinstance(self.values[name], StateOp):
+                raise PlanError(f"annotate: {name!r} comes from a stateful operator, which "
+                                "runs after the frames are drawn; draw stateless values")
         if self.drawn is not None:
             raise PlanError("annotate appears twice in the pipeline")
         return Plan(self.frames, self.values, DrawOp(fn, dict(kwargs), self.frames, needs))
@@ -172,6 +206,21 @@ class Program:
     def topics(self) -> list[str]:
         """Output topics in sink order."""
         return [s.topic for s in self.sinks]
+
+    @property
+    def stateful(self) -> list[StateOp]:
+        """The stateful values of every sink, each once, in pipeline order."""
+        out: dict[int, StateOp] = {}
+        for sink in self.sinks:
+            for v in sink.plan.values.values():
+                if isinstance(v, StateOp):
+                    out.setdefault(id(v), v)
+        return list(out.values())
+
+    def deferred(self, s: int) -> bool:
+        """Whether sink ``s``'s records are built in the state task (it reads state)."""
+        sink = self.sinks[s]
+        return sink.analytics and any(isinstance(v, StateOp) for v in sink.plan.values.values())
 
     def stages(self) -> list[str]:
         """The stages a frame goes through, in order, as timings and task keys name them.

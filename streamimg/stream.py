@@ -1,7 +1,8 @@
 """The chainable methods our topologies use, registered on ``streamz.Stream``.
 
-This module is the only one that registers anything; the base modules do not
-import it, so there is no import cycle. ``import streamimg`` imports it.
+This module and :mod:`streamimg.stream_state` (the stateful operators, which
+it imports) are the only ones that register anything; the base modules do not
+import them, so there is no import cycle. ``import streamimg`` imports it.
 
 A topology's pipeline runs once, when the topology compiles (see
 ``streamimg.plan``): each method maps a :class:`~streamimg.plan.Plan` to a new
@@ -523,3 +524,8 @@ def to_kafka_records(stream: Stream, topic: str,
         For an illegal topic or one that is also an input.
     """
     return _sink(stream, topic, records, timing=f"records:{topic}", **kwargs)
+
+
+# The stateful operators' methods (track, count_line, count_zone, stateful) live beside
+# these; importing them registers them.
+import streamimg.stream_state  # noqa: E402,F401

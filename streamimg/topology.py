@@ -34,6 +34,7 @@ from streamimg.codecs.frame import FrameHeader
 from streamimg.config import BatchConfig, ConfigError, check_topic
 from streamimg.plan import Plan, PlanError, Program
 from streamimg.sources.kafka import FrameSource
+from streamimg.state import StateError, run_state
 from streamimg.worker import array_block, run_program
 
 
@@ -136,6 +137,20 @@ class Topology:
         """``<name>.assembler`` for pixel topologies (committed assembly state), else None."""
         return f"{self.name}.assembler" if self.pixels is not None else None
 
+    @property
+    def operator_state_topic(self) -> str:
+        """``<name>.state``: committed state of the stateful operators (tracks, counts)."""
+        return f"{self.name}.state"
+
+    def state_topics(self) -> list[str]:
+        """Every topic of committed state this topology uses (compiles it if needed).
+
+        ``<name>.assembler`` for pixel topologies, ``<name>.state`` when a stateful
+        operator is in the pipeline; each has one partition per input partition.
+        """
+        return ([self.state_topic] if self.state_topic else []) + (
+            [self.operator_state_topic] if self.check().stateful else [])
+
     def make_batcher(self, max_record_bytes: int = 64 * 1024 * 1024
                      ) -> MessageBatcher | PixelAssembler:
         """A fresh batcher for this topology's input format (the daemon makes one per run).
@@ -221,8 +236,15 @@ class Topology:
         header = FrameHeader("start-up-check", 0, 0, h, w, c, self.frame_dtype.name, "raw", order)
         info = FrameInfo(self.inputs[0], 0, 0, b"start-up-check", header)
         result = run_program(program, [info], [frame], array_block, "check")
-        if result.failures:
-            _, stage, reason = result.failures[0]
+        failures = result.failures
+        if program.stateful and not failures:
+            try:
+                failures = run_state(*program.pickled(), {}, [result.pending], [info],
+                                     "check").failures
+            except StateError as exc:
+                failures = [(0, "state", str(exc))]
+        if failures:
+            _, stage, reason = failures[0]
             raise TopologyError(
                 f"topology {self.name!r} fails on a synthetic {h}x{w}x{c} {self.frame_dtype} "
                 f"frame at {stage}: {reason} (declare frame_shape/frame_dtype in Topology(...) "

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -33,8 +33,9 @@ from dask.core import flatten
 from dask.local import get_sync
 
 from streamimg.codecs.frame import FrameHeader, decode_payload
-from streamimg.plan import ArrayOp, Frames, Program, SinkSpec
+from streamimg.plan import ArrayOp, Frames, Program, SinkSpec, StateOp
 from streamimg.sinks.records import lineage_headers
+from streamimg.state import Pending
 
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
@@ -55,15 +56,19 @@ class Timed:
 class ChunkResult:
     """What one chunk task returns (pickled as one object: one message frame).
 
-    ``records[s]`` lists sink ``s``'s records ``(key, value, headers)`` for the
-    chunk's frames in input order, lineage headers included. ``failures`` are
-    ``(index in chunk, stage, reason)`` for frames that produced nothing.
-    ``ms`` is the task's wall time on the worker.
+    ``records[s][i]`` lists sink ``s``'s records ``(key, value, headers)`` for the
+    chunk's frame ``i``, lineage headers included (empty for a failed frame, and for
+    every frame of a sink whose records the state task builds). ``failures`` are
+    ``(index in chunk, stage, reason)`` for frames that produced nothing. ``pending``
+    (stateful programs only) hands each good frame's values and timings to the
+    batch's state task (``streamimg.state``), indexed within the batch. ``ms`` is
+    the task's wall time on the worker.
     """
 
-    records: list[list[Record]]
+    records: list[list[list[Record]]]
     failures: list[tuple[int, str, str]]
     ms: float
+    pending: list = field(default_factory=list)
 
 
 def decode_block(payload: bytes, header: FrameHeader) -> np.ndarray:
@@ -119,8 +124,13 @@ def _runtime(token: str, blob: bytes) -> _Runtime:
         return rt
 
 
+def program_of(token: str, blob: bytes) -> Program:
+    """The program ``blob`` unpickled, from this process's cache (keyed by ``token``)."""
+    return _runtime(token, blob).program
+
+
 def run_chunk(token: str, blob: bytes, frames: list, payloads: list, decode: Any,
-              run: str) -> ChunkResult:
+              run: str, first: int = 0) -> ChunkResult:
     """Process one chunk of a batch (a Dask task; see the module docstring).
 
     Parameters
@@ -136,8 +146,10 @@ def run_chunk(token: str, blob: bytes, frames: list, payloads: list, decode: Any
         :func:`decode_block` (frame messages) or :func:`array_block` (assembled frames).
     run : str
         The daemon's run id, for the lineage headers.
+    first : int
+        The batch index of the chunk's first frame (for the state task's ``pending``).
     """
-    return run_program(_runtime(token, blob), frames, payloads, decode, run)
+    return run_program(_runtime(token, blob), frames, payloads, decode, run, first)
 
 
 # Chunks handed to worker threads of this very process (an in-process cluster): the
@@ -147,7 +159,8 @@ def run_chunk(token: str, blob: bytes, frames: list, payloads: list, decode: Any
 HANDOFF: dict[str, tuple[list, list]] = {}
 
 
-def run_local_chunk(token: str, blob: bytes, handoff: str, decode: Any, run: str) -> ChunkResult:
+def run_local_chunk(token: str, blob: bytes, handoff: str, decode: Any, run: str,
+                    first: int = 0) -> ChunkResult:
     """:func:`run_chunk` on the frames and payloads the daemon left in ``HANDOFF[handoff]``.
 
     Raises
@@ -157,11 +170,11 @@ def run_local_chunk(token: str, blob: bytes, handoff: str, decode: Any, run: str
         only when every worker shares its process).
     """
     frames, payloads = HANDOFF[handoff]
-    return run_chunk(token, blob, frames, payloads, decode, run)
+    return run_chunk(token, blob, frames, payloads, decode, run, first)
 
 
 def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: Any,
-                run: str) -> ChunkResult:
+                run: str, first: int = 0) -> ChunkResult:
     """:func:`run_chunk` on an unpickled program (the daemon's start-up check uses it)."""
     start = time.perf_counter()
     if isinstance(rt, Program):
@@ -262,12 +275,18 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
             drawn_memo[id(draw)] = out
         return drawn_memo[id(draw)]
 
-    sinks = rt.program.sinks
+    program = rt.program
+    sinks = program.sinks
     per_sink: list[list[list[Record]]] = [[[] for _ in range(n)] for _ in sinks]
     # Frame sinks first, analytics last: analytics records carry every stage's timing.
     order = sorted(range(len(sinks)), key=lambda s: sinks[s].analytics)
+    handed: dict[str, Any] = {}  # values the state task needs: name -> ValueOp
     for s in order:
         sink = sinks[s]
+        if program.deferred(s):
+            handed.update((k, v) for k, v in sink.plan.values.items()
+                          if not isinstance(v, StateOp))
+            continue
         if sink.analytics:
             vals = {name: value_of(v) for name, v in sink.plan.values.items()}
             for i in alive():
@@ -279,7 +298,8 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
                     fail(i, sink.topic, exc)
             continue
         for vop in sink.plan.values.values():
-            value_of(vop)  # a frame failing in any value produces no record anywhere
+            if not isinstance(vop, StateOp):
+                value_of(vop)  # a frame failing in any value produces no record anywhere
         out = output_frames(sink)
         for i in alive():
             t0 = time.perf_counter()
@@ -290,16 +310,18 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
             if sink.timing:
                 timings[i][sink.timing] = _ms(t0)
 
-    records: list[list[Record]] = []
-    for s in range(len(sinks)):
-        recs: list[Record] = []
-        for i in alive():
-            f = frames[i]
-            lineage = lineage_headers(f.topic, f.partition, f.offset, run)
-            recs.extend((k, v, [*h, *lineage]) for k, v, h in per_sink[s][i])
-        records.append(recs)
+    for vop in handed.values():
+        value_of(vop)
+    pending = [Pending(first + i, {k: values[id(v)][i] for k, v in handed.items()},
+                       dict(timings[i])) for i in alive()] if program.stateful else []
+    records: list[list[list[Record]]] = [[[] for _ in range(n)] for _ in sinks]
+    for i in alive():
+        f = frames[i]
+        lineage = lineage_headers(f.topic, f.partition, f.offset, run)
+        for s in range(len(sinks)):
+            records[s][i] = [(k, v, [*h, *lineage]) for k, v, h in per_sink[s][i]]
     failures = [(i, stage, reason) for i, (stage, reason) in sorted(failed.items())]
-    return ChunkResult(records, failures, _ms(start))
+    return ChunkResult(records, failures, _ms(start), pending)
 
 
 def _ms(t0: float) -> float:

@@ -56,8 +56,10 @@ class FinishedBatch:
     ``records`` are ``(topic, key, value, headers)`` in production order (per
     sink, frames in input order, lineage headers already stamped on the
     workers); ``dead`` are the batch's dead letters (for ``dlq_topic``); ``offsets`` the next
-    offsets to commit, ``{(topic, partition): offset}``; ``states`` operator
-    state per input partition for ``state_topic``. ``epoch`` is the daemon's
+    offsets to commit, ``{(topic, partition): offset}``; ``states`` the operator
+    state to commit with them, ``{(state topic, partition): blob}`` (one state
+    partition per input partition: the pixel assembler's, ``<name>.assembler``,
+    and the stateful operators', ``<name>.state``). ``epoch`` is the daemon's
     epoch when the batch was submitted: the committer drops batches of an
     epoch that was discarded (after an abort, a revoke or a lost assignment).
     ``group_metadata`` comes from the consumer when the batch is handed over.
@@ -74,8 +76,7 @@ class FinishedBatch:
     dlq_topic: str
     offsets: dict[tuple[str, int], int]
     group_metadata: Any
-    states: dict[int, bytes] = field(default_factory=dict)
-    state_topic: str | None = None
+    states: dict[tuple[str, int], bytes] = field(default_factory=dict)
     created: float = 0.0  # time.time() when the batch closed
     sources: list = field(default_factory=list)  # FrameInfo of the batch's frames (observers)
 
@@ -209,7 +210,7 @@ class Checkpoint:
                 if o < offsets.get(tp, -1):
                     raise ValueError(f"offsets of {tp} go backwards: {offsets[tp]} -> {o}")
                 offsets[tp] = o
-            states.update(((b.state_topic, p), v) for p, v in b.states.items())
+            states.update(b.states)
         self.commit(records, [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())],
                     batches[-1].group_metadata,
                     [(t, p, v) for (t, p), v in sorted(states.items())])
