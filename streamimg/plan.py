@@ -39,6 +39,7 @@ class ArrayOp:
     name: str
     fn: Callable[..., Any]
     kwargs: dict[str, Any]
+    order: str | None = None  # the channel order of its output frames; None: unchanged
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +53,16 @@ class Frames:
 
     parent: Frames | None = None
     op: ArrayOp | None = None
+
+    @property
+    def order(self) -> str | None:
+        """The channel order the last operator that sets one declares; None: the input's."""
+        node: Frames | None = self
+        while node is not None and node.op is not None:
+            if node.op.order is not None:
+                return node.op.order
+            node = node.parent
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,8 +116,16 @@ class Plan:
     values: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     drawn: DrawOp | None = None
 
-    def map_frames(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> Plan:
+    @property
+    def order(self) -> str | None:
+        """The output frames' channel order, if the pipeline sets one (RGB once drawn)."""
+        return "RGB" if self.drawn is not None else self.frames.order
+
+    def map_frames(self, name: str, fn: Callable[..., Any], /, *,
+                   channel_order: str | None = None, **kwargs: Any) -> Plan:
         """A plan whose frames are ``fn(frames, **kwargs)`` of this plan's.
+
+        ``channel_order``: the order of ``fn``'s output (e.g. ``"HSV"``), None if unchanged.
 
         Raises
         ------
@@ -117,9 +136,10 @@ class Plan:
         if self.drawn is not None:
             raise PlanError(f"{name}: frame operators must come before annotate (it draws "
                             "on the output frames)")
-        return Plan(Frames(self.frames, ArrayOp(name, fn, dict(kwargs))), self.values, None)
+        return Plan(Frames(self.frames, ArrayOp(name, fn, dict(kwargs), channel_order)),
+                    self.values, None)
 
-    def with_value(self, name: str, fn: Callable[..., Any], *, batched: bool = False,
+    def with_value(self, name: str, fn: Callable[..., Any], /, *, batched: bool = False,
                    **kwargs: Any) -> Plan:
         """A plan that also knows value ``name`` of every frame (computed from these frames).
 

@@ -292,6 +292,10 @@ def _out_meta(fn: Callable, kwargs: tuple, shape: tuple, dtype: str) -> tuple[tu
     return out.shape[1:], out.dtype
 
 
+# convert_color's colour spaces (case-insensitive) -> the frame header's channel order.
+_ORDER_OF = {"rgb": "RGB", "bgr": "BGR", "gray": "GRAY", "hsv": "HSV", "lab": "Lab"}
+
+
 def _register_transform(name: str) -> None:
     fn = getattr(_transforms, name)
 
@@ -302,7 +306,10 @@ def _register_transform(name: str) -> None:
             _out_meta(fn, tuple(sorted(kwargs.items())), (8, 8, 3), "|u1")
         except (ValueError, TypeError) as exc:
             raise TopologyError(f"{name}: {exc}") from None
-        return stream.map(lambda p: p.map_frames(name, _transform, fn=fn, kwargs=kwargs))
+        order = _ORDER_OF.get(str(kwargs.get("dst", "")).lower()) if name == "convert_color" \
+            else None
+        return stream.map(lambda p: p.map_frames(name, _transform, channel_order=order, fn=fn,
+                                                 kwargs=kwargs))
 
     method.__name__ = name
     method.__doc__ = (f"Apply ``streamimg.analytics.transforms.{name}`` to every frame "
@@ -412,14 +419,19 @@ class KafkaSink(Stream):
     """
 
     def __init__(self, upstream: Stream, topic: str, builder: Callable[..., list],
-                 analytics: bool = False, timing: str | None = None, **kwargs: Any):
+                 analytics: bool = False, timing: str | None = None, ordered: bool = False,
+                 **kwargs: Any):
         self.topic, self.builder, self.analytics = topic, builder, analytics
-        self.timing, self.kwargs = timing, kwargs
+        self.timing, self.kwargs, self.ordered = timing, kwargs, ordered
         super().__init__(upstream, stream_name=f"to {topic}")
 
     def update(self, x: Plan, who: Any = None, metadata: Any = None) -> list:
-        """Return this sink's spec, then whatever the nodes downstream return."""
-        spec = SinkSpec(self.topic, self.builder, self.kwargs, x, self.analytics, self.timing)
+        """Return this sink's spec, then whatever the nodes downstream return.
+
+        An ``ordered`` sink's builder also gets ``order=``, the plan's channel order.
+        """
+        kwargs = {**self.kwargs, "order": x.order} if self.ordered else self.kwargs
+        spec = SinkSpec(self.topic, self.builder, kwargs, x, self.analytics, self.timing)
         return [spec, *self._emit(x, metadata=metadata)]
 
 
@@ -460,7 +472,7 @@ def to_kafka_frames(stream: Stream, encoding: str = "jpeg", topic: str | None = 
     if encoding not in ENCODINGS:
         raise TopologyError(f"to_kafka_frames: encoding {encoding!r} not one of {ENCODINGS}")
     topic = topic or topology_of(stream).frames_topic
-    return _sink(stream, topic, frame_records, timing="encode", encoding=encoding,
+    return _sink(stream, topic, frame_records, timing="encode", ordered=True, encoding=encoding,
                  jpeg_quality=jpeg_quality)
 
 

@@ -262,3 +262,36 @@ def test_inputs_are_not_modified_and_bad_ndim():
     np.testing.assert_array_equal(ASTRO, before)
     with pytest.raises(ValueError, match="shape"):
         T.resize(np.zeros((2, 2, 2, 2, 2), np.uint8), (3, 3))
+
+
+@pytest.mark.parametrize("dst,order", [("HSV", "HSV"), ("lab", "Lab"), ("BGR", "BGR"),
+                                       ("GRAY", "GRAY")])
+def test_a_converted_frame_says_its_channel_order_in_its_header(dst, order):
+    """convert_color(dst) -> to_kafka_frames: the frame message's order header names the
+    space the values are in, and the values are OpenCV's; a later conversion back to RGB
+    says RGB again."""
+    import streamimg
+    from streamimg.batching import FrameInfo
+    from streamimg.codecs.frame import FrameHeader, decode_payload, parse_header
+    from streamimg.worker import array_block, run_program
+
+    t = streamimg.Topology(f"order-{dst}", inputs="in", frame_shape=(6, 8, 3))
+    converted = t.source.convert_color("RGB", dst)
+    converted.to_kafka_frames(encoding="raw", topic=f"conv-{dst}")
+    if order != "GRAY":
+        converted.convert_color(dst, "RGB").to_kafka_frames(encoding="raw", topic=f"back-{dst}")
+    program = t.check()
+    frame = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    info = FrameInfo("in", 0, 0, b"s", FrameHeader("s", 0, 0, 6, 8, 3, "uint8", "raw", "RGB"))
+    result = run_program(program, [info], [frame], array_block, "r")
+    assert result.failures == []
+    (_, value, headers), = result.records[0][0]
+    header = parse_header(headers)
+    assert header.order == order
+    code = {"HSV": cv2.COLOR_RGB2HSV, "Lab": cv2.COLOR_RGB2Lab, "BGR": cv2.COLOR_RGB2BGR,
+            "GRAY": cv2.COLOR_RGB2GRAY}[order]
+    expect = cv2.cvtColor(frame, code).reshape(header.shape)
+    np.testing.assert_array_equal(decode_payload(header, value), expect)
+    if order != "GRAY":
+        (_, _, back), = result.records[1][0]
+        assert parse_header(back).order == "RGB"

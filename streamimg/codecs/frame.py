@@ -11,7 +11,8 @@ Layout (documented in the README):
   since the Unix epoch), ``streamimg.height``, ``streamimg.width``,
   ``streamimg.channels`` (1, 3 or 4), ``streamimg.dtype`` (a NumPy dtype name),
   ``streamimg.encoding`` and ``streamimg.order`` (channel order: ``RGB`` by
-  default, ``BGR``, ``RGBA``, ``BGRA`` or ``GRAY``; Spark's image source and
+  default, ``BGR``, ``RGBA``, ``BGRA``, ``GRAY``, or ``HSV`` and ``Lab`` as
+  ``cv2.cvtColor`` gives them after ``convert_color``; Spark's image source and
   OpenCV use BGR, so the order is always stated).
 
 Decoding validates every header against the payload and raises
@@ -31,7 +32,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 PREFIX = "streamimg."
 ENCODINGS = ("raw", "png", "jpeg")
-ORDERS = {"RGB": 3, "BGR": 3, "RGBA": 4, "BGRA": 4, "GRAY": 1}
+ORDERS = {"RGB": 3, "BGR": 3, "RGBA": 4, "BGRA": 4, "GRAY": 1, "HSV": 3, "Lab": 3}
 DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64")
 # What each compressed encoding can carry losslessly (PNG: 8/16-bit; JPEG: 8-bit, no alpha).
 ENCODABLE = {"png": {"uint8", "uint16"}, "jpeg": {"uint8"}}

@@ -58,11 +58,12 @@ def dead_letter_record(d: DeadLetter, run: str) -> Record:
 
 
 def frame_records(frame: np.ndarray, info: FrameInfo, encoding: str,
-                  jpeg_quality: int) -> list[Record]:
+                  jpeg_quality: int, order: str | None = None) -> list[Record]:
     """Encode a processed frame as a version-1 frame message (runs on a worker).
 
     ``frame`` is (h, w, c); the output keeps the input's stream id, frame
-    index, timestamp and channel order, so an output topic is itself a valid
+    index, timestamp and channel order (``order``, when the pipeline changed it, e.g.
+    ``"HSV"`` after ``convert_color``), so an output topic is itself a valid
     input topic for another topology. Returns one record, with the encode time
     in ms in the ``streamimg.encode_ms`` header.
     """
@@ -70,7 +71,8 @@ def frame_records(frame: np.ndarray, info: FrameInfo, encoding: str,
     h = info.header
     if encoding == "jpeg" and frame.dtype != np.uint8:  # e.g. float frames from convolutions
         frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-    order = h.order if frame.shape[-1] == h.channels else None  # annotated frames are RGB
+    if order is None:
+        order = h.order if frame.shape[-1] == h.channels else None  # else by channel count
     value, headers = encode_frame(frame, stream=h.stream, index=h.frame,
                                   timestamp_ms=h.timestamp_ms, encoding=encoding,
                                   order=order, jpeg_quality=jpeg_quality)
