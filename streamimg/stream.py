@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import dask.array as _da
 import numpy as np
 from streamz import Stream
 
@@ -30,6 +31,7 @@ from streamimg.analytics.annotate import draw_detections, draw_palette
 from streamimg.analytics.palette import palette as _palette
 from streamimg.codecs.frame import ENCODINGS
 from streamimg.operators import kernels as _kernels
+from streamimg.operators import stencils as _stencils
 from streamimg.operators.blur import gaussian_blur as _gaussian_blur
 from streamimg.operators.convolve import BOUNDARIES
 from streamimg.operators.convolve import convolve as _convolve
@@ -171,6 +173,43 @@ def correlate(stream: Stream, kernel: Any, boundary: str = "reflect", cval: floa
     :func:`convolve`.
     """
     return _filter_stream(stream, _correlate, "correlate", kernel, boundary, cval, output_dtype)
+
+
+@_register
+def diffuse(stream: Stream, steps: int, alpha: float = 0.25, dt: float = 1.0, dx: float = 1.0,
+            boundary: str = "nearest", cval: float = 0.0) -> Stream:
+    """Run ``steps`` explicit heat-equation steps on every frame, channel by channel.
+
+    See :func:`streamimg.operators.stencils.diffuse_frames` (the Flink ancestor's FTCS
+    stencil, ``r = alpha dt / dx**2 <= 1/4``). Frames keep their shape (h, w, c); integer
+    frames become float64.
+
+    Raises
+    ------
+    TopologyError
+        For an unstable step, an unknown boundary or ``steps`` < 0.
+    """
+    try:
+        _stencils.diffuse_frames(_da.zeros((1, 3, 3, 1), chunks=1), steps, alpha, dt, dx,
+                                 boundary, cval)
+    except ValueError as exc:
+        raise TopologyError(f"diffuse: {exc}") from None
+    return stream.map(lambda p: p.map_frames("diffuse", _stencils.diffuse_frames, steps=steps,
+                                             alpha=alpha, dt=dt, dx=dx, boundary=boundary,
+                                             cval=cval))
+
+
+@_register
+def heat_step(stream: Stream, alpha: float = 0.25, dt: float = 1.0, dx: float = 1.0,
+              boundary: str = "nearest", cval: float = 0.0) -> Stream:
+    """One explicit heat-equation step on every frame: :func:`diffuse` with ``steps=1``.
+
+    Raises
+    ------
+    TopologyError
+        As for :func:`diffuse`.
+    """
+    return diffuse(stream, 1, alpha, dt, dx, boundary, cval)
 
 
 def _detect_frame(frame: np.ndarray, detector: Any) -> list:

@@ -191,3 +191,35 @@ def test_pulse_matches_analytic_solution_to_second_order():
     assert errors[0] < 5e-3
     for coarse, fine in zip(errors, errors[1:], strict=False):
         assert 3.5 < coarse / fine < 4.5, errors
+
+
+def test_the_stream_api_diffuses_each_frame_and_channel_as_the_library_does():
+    """stream.diffuse / heat_step in a topology equal diffuse() per frame and channel; an
+    unstable step or unknown boundary fails when the topology is written."""
+    import streamimg
+    from streamimg.batching import FrameInfo
+    from streamimg.codecs.frame import FrameHeader, decode_payload, parse_header
+    from streamimg.topology import TopologyError
+    from streamimg.worker import array_block, run_program
+
+    t = streamimg.Topology("heat", inputs="in", frame_shape=(12, 10, 3))
+    t.source.diffuse(5, alpha=0.2, boundary="wrap").to_kafka_frames(encoding="raw", topic="a")
+    t.source.heat_step(alpha=0.25, boundary="constant", cval=7.0).to_kafka_frames(
+        encoding="raw", topic="b")
+    program = t.check()
+    frame = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    info = FrameInfo("in", 0, 0, b"s", FrameHeader("s", 0, 0, 12, 10, 3, "uint8", "raw", "RGB"))
+    result = run_program(program, [info], [frame], array_block, "r")
+    assert result.failures == []
+    for s, (steps, kw) in enumerate(((5, {"alpha": 0.2, "boundary": "wrap"}),
+                                     (1, {"alpha": 0.25, "boundary": "constant", "cval": 7.0}))):
+        (_, value, headers), = result.records[s][0]
+        out = decode_payload(parse_header(headers), value)
+        assert out.dtype == np.float64
+        for c in range(3):
+            expect = diffuse(frame[:, :, c], steps, dt=1.0, dx=1.0, **kw)
+            np.testing.assert_array_equal(out[:, :, c], expect)
+    with pytest.raises(TopologyError, match="diffuse: unstable time step"):
+        streamimg.Topology("heat2", inputs="in").source.diffuse(3, alpha=0.3)
+    with pytest.raises(TopologyError, match="diffuse: boundary must be one of"):
+        streamimg.Topology("heat3", inputs="in").source.heat_step(boundary="reflect")
