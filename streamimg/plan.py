@@ -71,7 +71,9 @@ class ValueOp:
 
     Per frame: ``fn(frame (h, w, c), **kwargs)``. When ``batched``:
     ``fn(frames (n, h, w, c), **kwargs)`` returns one value per frame for all
-    frames of one shape in a chunk (batched inference).
+    frames of one shape in a chunk (batched inference). ``needs`` are values it
+    reads: each is passed as a keyword named after it, the frame's value (per
+    frame) or the list of the frames' values (batched).
     """
 
     name: str
@@ -79,6 +81,7 @@ class ValueOp:
     kwargs: dict[str, Any]
     source: Frames
     batched: bool = False
+    needs: tuple[ValueOp, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,17 +143,27 @@ class Plan:
                     self.values, None)
 
     def with_value(self, name: str, fn: Callable[..., Any], /, *, batched: bool = False,
-                   **kwargs: Any) -> Plan:
+                   needs: tuple[str, ...] = (), **kwargs: Any) -> Plan:
         """A plan that also knows value ``name`` of every frame (computed from these frames).
+
+        ``needs``: names of values upstream that ``fn`` reads (see :class:`ValueOp`).
 
         Raises
         ------
         PlanError
-            If a value ``name`` exists upstream already.
+            If a value ``name`` exists upstream already, or a needed value does not or
+            comes from a stateful operator.
         """
         if name in self.values:
             raise PlanError(f"analytics name {name!r} is used twice in the pipeline")
-        values = {**self.values, name: ValueOp(name, fn, dict(kwargs), self.frames, batched)}
+        for need in needs:
+            if not isinstance(self.values.get(need), ValueOp):
+                why = "is stateful" if need in self.values else "is not computed upstream"
+                raise PlanError(f"{name}: the value {need!r} it needs {why} "
+                                f"(have {sorted(self.values)})")
+        op = ValueOp(name, fn, dict(kwargs), self.frames, batched,
+                     tuple(self.values[n] for n in needs))
+        values = {**self.values, name: op}
         return Plan(self.frames, MappingProxyType(values), self.drawn)
 
     def with_state(self, name: str, op: Any) -> Plan:

@@ -29,6 +29,7 @@ from streamz import Stream
 from streamimg.analytics import transforms as _transforms
 from streamimg.analytics.annotate import draw_detections, draw_palette
 from streamimg.analytics.palette import palette as _palette
+from streamimg.analytics.regions import classify_regions as _classify_regions
 from streamimg.codecs.frame import ENCODINGS
 from streamimg.operators import kernels as _kernels
 from streamimg.operators import stencils as _stencils
@@ -314,6 +315,56 @@ def classify(stream: Stream, classifier: Any, name: str = "classes") -> Stream:
         raise TopologyError(f"classify: {classifier!r} has no classify_batch")
     return stream.map(lambda p: p.with_value(name, _batch_call, batched=True, obj=classifier,
                                              method="classify_batch"))
+
+
+def _regions_call(frames: np.ndarray, classifier: Any, source: str, margin: float, gray: bool,
+                  **needed: Any) -> list[Timed]:
+    start = time.perf_counter()
+    values = _classify_regions(frames, classifier, needed[source], margin=margin, gray=gray)
+    ms = (time.perf_counter() - start) * 1e3 / max(1, len(frames))
+    return [Timed(v, ms) for v in values]
+
+
+@_register
+def classify_regions(stream: Stream, classifier: Any, detections: str = "faces",
+                     name: str | None = None, margin: float = 0.1, gray: bool = False) -> Stream:
+    """Classify every detected region (a model chain: faces -> gender, emotion, ...).
+
+    See :func:`streamimg.analytics.regions.classify_regions`: the crops of all frames of
+    a worker's chunk go to ``classifier`` in one inference call. The value ``name``
+    (default ``<detections>_classes``) is the frame's detections, in order, each with
+    ``"classes"``: its top-k ``[{"label", "score"}, ...]``. Frames are not changed.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    classifier : streamimg.analytics.classify.OnnxClassifier
+        Or any object with ``classify_batch(list of (h, w, 3) crops)``.
+    detections : str
+        Name of a detections value computed upstream (:func:`detect`, :func:`detect_faces`
+        or your own ``analyze`` giving ``{"label", "score", "box"}`` dicts).
+    name : str, optional
+        Name of the value in analytics records.
+    margin : float
+        Context around each box, as a fraction of its width/height per side, >= 0.
+    gray : bool
+        Classify the crops' luma (repeated to 3 channels).
+
+    Raises
+    ------
+    TopologyError
+        If ``classifier`` has no ``classify_batch`` or ``margin`` < 0; (when the topology
+        compiles) if ``detections`` is not computed upstream.
+    """
+    if not hasattr(classifier, "classify_batch"):
+        raise TopologyError(f"classify_regions: {classifier!r} has no classify_batch")
+    if not margin >= 0:
+        raise TopologyError(f"classify_regions: margin must be >= 0, got {margin}")
+    name = name or f"{detections}_classes"
+    return stream.map(lambda p: p.with_value(name, _regions_call, batched=True,
+                                             needs=(detections,), classifier=classifier,
+                                             source=detections, margin=margin, gray=gray))
 
 
 def _transform(frames: Any, fn: Callable, kwargs: dict[str, Any]) -> Any:

@@ -223,6 +223,7 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
         if id(vop) in values:
             return values[id(vop)]
         src = frames_at(vop.source)
+        needed = {v.name: value_of(v) for v in vop.needs}
         out: list[Any] = [None] * n
         if vop.batched:
             by_shape: dict[tuple, list[int]] = {}
@@ -231,7 +232,8 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
             for index in by_shape.values():
                 t0 = time.perf_counter()
                 try:
-                    results = vop.fn(np.concatenate([src[i] for i in index]), **vop.kwargs)
+                    results = vop.fn(np.concatenate([src[i] for i in index]), **vop.kwargs,
+                                     **{k: [v[i] for i in index] for k, v in needed.items()})
                     ms = _ms(t0) / len(index)
                     for i, r in zip(index, results, strict=True):
                         out[i], timings[i][vop.name] = _unwrap(r, ms)
@@ -239,7 +241,8 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
                     for i in index:
                         t0 = time.perf_counter()
                         try:
-                            (r,) = vop.fn(src[i], **vop.kwargs)
+                            (r,) = vop.fn(src[i], **vop.kwargs,
+                                          **{k: [v[i]] for k, v in needed.items()})
                             out[i], timings[i][vop.name] = _unwrap(r, _ms(t0))
                         except Exception as exc:  # noqa: BLE001
                             fail(i, vop.name, exc)
@@ -247,8 +250,9 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
             for i in alive():
                 t0 = time.perf_counter()
                 try:
-                    out[i], timings[i][vop.name] = _unwrap(vop.fn(src[i][0], **vop.kwargs),
-                                                           None, t0)
+                    out[i], timings[i][vop.name] = _unwrap(
+                        vop.fn(src[i][0], **vop.kwargs, **{k: v[i] for k, v in needed.items()}),
+                        None, t0)
                 except Exception as exc:  # noqa: BLE001
                     fail(i, vop.name, exc)
         values[id(vop)] = out

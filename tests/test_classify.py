@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -143,3 +145,53 @@ def test_errors(tmp_path):
         OnnxClassifier(path, LABELS, input_size=100).classify(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="shape"):
         OnnxClassifier(path, LABELS).classify(np.zeros((8, 8), np.uint8))
+
+
+def test_classify_regions_chains_a_detector_and_a_classifier_in_one_call(tmp_path):
+    """analyze (boxes) -> classify_regions(OnnxClassifier) in a topology: each region gets
+    the classes of its own pixels (a model whose outputs are the crop's channel means, so
+    the right answer is known); grey crops have equal channels; a missing detections value
+    fails when the topology compiles."""
+    import streamimg
+    from streamimg.batching import FrameInfo
+    from streamimg.codecs.frame import FrameHeader
+    from streamimg.topology import TopologyError
+    from streamimg.worker import array_block, run_program
+
+    frame = np.zeros((40, 60, 3), np.uint8)
+    frame[5:15, 5:15] = (255, 0, 0)
+    frame[20:35, 30:45] = (0, 0, 255)
+    boxes = [{"label": "face", "score": 0.9, "box": [5, 5, 15, 15]},
+             {"label": "face", "score": 0.8, "box": [30, 20, 45, 35]}]
+    model = channel_mean_model(tmp_path)
+    labels = ["r", "g", "b"]
+    plain = OnnxClassifier(model, labels, input_size=32, mean=(0, 0, 0), std=(1, 1, 1),
+                           top_k=3, softmax=False)
+    t = streamimg.Topology("chain", inputs="in", frame_shape=(40, 60, 3))
+    (t.source.analyze("faces", lambda f: boxes)
+     .classify_regions(plain, detections="faces", margin=0.0)
+     .classify_regions(plain, detections="faces", name="grey", margin=0.0, gray=True)
+     .to_kafka_analytics())
+    program = t.check()
+    info = FrameInfo("in", 0, 0, b"s", FrameHeader("s", 0, 0, 40, 60, 3, "uint8", "raw", "RGB"))
+    result = run_program(program, [info, info], [frame, frame], array_block, "r")
+    assert result.failures == []
+    for recs in result.records[0]:
+        (_, value, _), = recs
+        record = json.loads(value)
+        red, blue = record["faces_classes"]
+        assert red["box"] == [5.0, 5.0, 15.0, 15.0] and red["label"] == "face"
+        assert scores_by_label_dicts(red["classes"]) == pytest.approx({"r": 1, "g": 0, "b": 0})
+        assert scores_by_label_dicts(blue["classes"]) == pytest.approx({"r": 0, "g": 0, "b": 1})
+        luma_red, luma_blue = 0.299 * 255 / 255, 0.114 * 255 / 255  # BT.601 weights
+        for region, luma in zip(record["grey"], (luma_red, luma_blue), strict=True):
+            got = scores_by_label_dicts(region["classes"])
+            assert got == pytest.approx({"r": luma, "g": luma, "b": luma}, abs=1 / 255)
+    with pytest.raises(TopologyError, match="'faces' it needs is not computed upstream"):
+        t2 = streamimg.Topology("chain2", inputs="in")
+        t2.source.classify_regions(plain).to_kafka_analytics()
+        t2.check()
+
+
+def scores_by_label_dicts(classes):
+    return {c["label"]: c["score"] for c in classes}

@@ -46,12 +46,12 @@ import numpy as np
 import supervision as sv
 import trackers
 
-from streamimg.analytics.detect import Detection
+from streamimg.analytics.detections import check_box, is_real, parse_detections
 
 if TYPE_CHECKING:
     from streamimg.batching import FrameInfo
 
-__all__ = ["METHODS", "Tracker", "needed", "parse_detections", "parse_tracks"]
+__all__ = ["METHODS", "Tracker", "needed", "parse_tracks"]
 
 #: Tracking methods: name -> trackers class.
 METHODS = {"bytetrack": trackers.ByteTrackTracker, "sort": trackers.SORTTracker}
@@ -60,61 +60,6 @@ _MAGIC = b"streamimg-tracker/1 trackers="
 _TRACKERS_VERSION = importlib.metadata.version("trackers")
 # What a trackers tracker changes as it runs; its other attributes come from its settings.
 _DYNAMIC = {"tracks", "_next_track_id", "_last_timestamp"}
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _box(box: Any, where: str) -> list[float]:
-    if (not isinstance(box, list | tuple | np.ndarray) or len(box) != 4
-            or not all(_real(v) and math.isfinite(v) for v in box)
-            or box[0] > box[2] or box[1] > box[3]):
-        raise ValueError(f"{where} box must be 4 finite pixel coordinates [x0, y0, x1, y1] "
-                         f"with x0 <= x1 and y0 <= y1, got {box!r:.200}")
-    return [float(v) for v in box]
-
-
-def parse_detections(value: Any, name: str = "detections") -> list[tuple[str, float, tuple]]:
-    """Check one frame's detections and return them as ``(label, score, box)`` tuples.
-
-    Parameters
-    ----------
-    value : list of Detection or dict
-        Each element a :class:`~streamimg.analytics.detect.Detection` or a dict
-        ``{"label": str, "score": float in [0, 1], "box": [x0, y0, x1, y1]}`` with
-        finite float pixel coordinates, ``x0 <= x1`` and ``y0 <= y1``. Extra dict
-        keys are ignored. A tuple is accepted as a list.
-    name : str
-        The value's name, for error messages.
-
-    Returns
-    -------
-    list of (str, float, tuple of 4 float)
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is not a list, or an element is not a Detection or such a dict.
-    """
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"{name} must be a list of Detection or dicts with label, score "
-                         f"and box, got {type(value).__name__}: {value!r:.200}")
-    out = []
-    for i, det in enumerate(value):
-        if isinstance(det, Detection):
-            label, score, box = det.label, det.score, det.box
-        elif isinstance(det, Mapping) and {"label", "score", "box"} <= det.keys():
-            label, score, box = det["label"], det["score"], det["box"]
-        else:
-            raise ValueError(f"{name}[{i}] must be a Detection or a dict with keys label, "
-                             f"score and box, got {det!r:.200}")
-        if not isinstance(label, str):
-            raise ValueError(f"{name}[{i}] label must be a str, got {label!r:.100}")
-        if not _real(score) or not 0.0 <= score <= 1.0:
-            raise ValueError(f"{name}[{i}] score must be a number in [0, 1], got {score!r:.100}")
-        out.append((label, float(score), tuple(_box(box, f"{name}[{i}]"))))
-    return out
 
 
 def parse_tracks(value: Any, name: str = "tracks") -> tuple[list[int], np.ndarray]:
@@ -155,7 +100,7 @@ def parse_tracks(value: Any, name: str = "tracks") -> tuple[list[int], np.ndarra
         if not isinstance(tid, numbers.Integral) or isinstance(tid, bool) or tid < 0:
             raise ValueError(f"{name}[{i}] track_id must be an int >= 0 or None, got {tid!r}")
         ids.append(int(tid))
-        boxes.append(_box(box, f"{name}[{i}]"))
+        boxes.append(check_box(box, f"{name}[{i}]"))
     if len(set(ids)) != len(ids):
         raise ValueError(f"{name} has a track id more than once: {ids}")
     return ids, np.array(boxes, dtype=np.float64).reshape(len(ids), 4)
@@ -246,14 +191,14 @@ class Tracker:
             if not isinstance(val, numbers.Integral) or isinstance(val, bool) or val < low:
                 raise ValueError(f"{key} must be an int >= {low}, got {val!r}")
             settings[key] = int(val)
-        if not _real(frame_rate) or not math.isfinite(frame_rate) or frame_rate <= 0:
+        if not is_real(frame_rate) or not math.isfinite(frame_rate) or frame_rate <= 0:
             raise ValueError(f"frame_rate must be a finite number > 0 (frames per second), "
                              f"got {frame_rate!r}")
         settings["frame_rate"] = float(frame_rate)
         for key in ("track_activation_threshold", "minimum_iou_threshold",
                     "high_conf_det_threshold"):
             val = settings.get(key, 0.0)
-            if not _real(val) or not 0.0 <= val <= 1.0:
+            if not is_real(val) or not 0.0 <= val <= 1.0:
                 raise ValueError(f"{key} must be a number in [0, 1], got {val!r}")
         self.detections = detections
         self.method = method
