@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from itertools import chain
 from pathlib import Path
 
@@ -241,6 +242,52 @@ def cmd_consume(args) -> int:
     return 0
 
 
+def cmd_ingest(args) -> int:
+    """Turn analysis requests into frames, exactly-once (:mod:`streamimg.sources.ingest`)."""
+    from streamimg.sources.ingest import Ingest
+
+    kafka = _kafka(args)
+    _connect(args, kafka)
+    job = Ingest(kafka, args.requests, args.frames, group=args.group, instance=args.instance,
+                 chunk_frames=args.chunk_frames, encoding=args.encoding)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            print("streamimg ingest: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    code = job.run(stop)
+    print(json.dumps(vars(job.stats)), flush=True)
+    return code
+
+
+def cmd_submit(args) -> int:
+    """Write one analysis request to the requests topic (:class:`VideoRequest`)."""
+    from confluent_kafka import Producer
+
+    from streamimg.admin import ensure_topics
+    from streamimg.sources.ingest import VideoRequest
+
+    kafka = _kafka(args)
+    _connect(args, kafka)
+    vid = args.id or f"{Path(args.source).stem or 'video'}-{int(time.time() * 1000)}"
+    req = VideoRequest.parse(vid.encode(), json.dumps({
+        "id": vid, "source": args.source, "frame_step": args.frame_step, "limit": args.limit,
+        "models": args.model or []}).encode())
+    ensure_topics(kafka, [args.requests])
+    producer = Producer({**kafka.producer(), "enable.idempotence": True, "acks": "all"})
+    producer.produce(args.requests, key=req.id.encode(), value=req.to_json())
+    if producer.flush(30) > 0:
+        raise CommandError("the request was not delivered within 30 s", "check the broker",
+                           EXIT_FAILED)
+    print(req.to_json().decode(), flush=True)
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Run the main job on two real clips with everything embedded (see ``streamimg.demo``)."""
     from streamimg.demo import run_demo
@@ -347,6 +394,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--save-dir", help="write 8-bit frame records as PNG files here")
     c.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to reach the end of every partition")
+
+    ing = command("ingest", "turn analysis requests (a videos topic) into frames, "
+                  "exactly-once and resumable", cmd_ingest, True)
+    ing.add_argument("--requests", default="videos", help="request topic (created if missing)")
+    ing.add_argument("--frames", default="frames", help="topic the frames go to")
+    ing.add_argument("--group", default="streamimg-ingest", help="consumer group")
+    ing.add_argument("--instance", default="0",
+                     help="stable instance id: transactional.id is <group>-<instance>")
+    ing.add_argument("--chunk-frames", type=int, default=25,
+                     help="frames per transaction (what a crash redoes at most)")
+    ing.add_argument("--encoding", choices=["raw", "png", "jpeg"], default="jpeg",
+                     help="frame payload encoding")
+
+    sb = command("submit", "request the analysis of a video (a record for streamimg ingest)",
+                 cmd_submit, True)
+    sb.add_argument("source", help="video path or URL, as the ingest job's machine sees it")
+    sb.add_argument("--requests", default="videos", help="request topic (created if missing)")
+    sb.add_argument("--id", help="analysis id (the frames' stream id); <name>-<ms> by default")
+    sb.add_argument("--frame-step", type=int, default=1, help="keep every N-th frame")
+    sb.add_argument("--limit", type=int, help="stop after this many frames")
+    sb.add_argument("--model", action="append", help="model to run (repeatable; carried along)")
 
     d = command("demo", "the main job on two real clips, everything embedded", cmd_demo)
     d.add_argument("--topology", default="topologies/video_analysis.py", help="topology file")

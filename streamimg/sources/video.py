@@ -38,7 +38,8 @@ def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = Non
     Parameters
     ----------
     path : str or Path
-        Any container/codec FFmpeg (bundled with PyAV) decodes.
+        Any container/codec FFmpeg (bundled with PyAV) decodes: a file, or a URL FFmpeg
+        opens (``http(s)://`` MP4 or HLS playlist, ``rtsp://``, ...; 10 s network timeout).
     frame_step : int
         Keep every ``frame_step``-th frame (1 keeps all), as the video-analysis
         ancestor's frame step.
@@ -53,14 +54,14 @@ def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = Non
     Raises
     ------
     FileNotFoundError
-        If ``path`` does not exist.
+        If ``path`` is not a URL and does not exist.
     ValueError
         If ``frame_step``/``loop`` < 1, or the file is not a video FFmpeg can open
         (e.g. a text file) or has no video stream; the message names the file.
         Raised by the first ``next()``, before any frame.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = path if is_url(path) else Path(path)
+    if isinstance(path, Path) and not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist")
     if frame_step < 1 or loop < 1:
         raise ValueError(f"frame_step={frame_step} and loop={loop} must be >= 1")
@@ -130,7 +131,12 @@ def count_frames(path: str | Path, *, frame_step: int = 1, loop: int = 1,
     return total if limit is None else max(0, min(total, limit))
 
 
-def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.VideoStream]:
+def is_url(source: str | Path) -> bool:
+    """Whether ``source`` names a URL (``scheme://...``) rather than a local path."""
+    return isinstance(source, str) and "://" in source
+
+
+def _open_video(path: Path | str) -> tuple[av.container.InputContainer, av.video.VideoStream]:
     """``(container, first video stream)``; the caller closes the container.
 
     Raises
@@ -139,7 +145,7 @@ def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.Video
         If FFmpeg cannot open ``path`` or it has no video stream (the message names it).
     """
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), timeout=10.0 if is_url(path) else None)
     except av.FFmpegError as exc:
         raise ValueError(f"{path} is not a video FFmpeg can read ({exc})") from None
     if not container.streams.video:
