@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint docs browser demo bench bench-peers chaos soak clean
+.PHONY: install test lint docs browser postgres demo bench bench-peers chaos soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,detect,track,test,docs]'
+	$(BIN)/pip install --quiet -e '.[embedded,detect,track,serve,test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,8 +27,15 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: lint docs browser
-	$(BIN)/pytest -q
+# The results store's tests also run on a real PostgreSQL: Debian's server, started by the
+# tests in a temporary directory (skipped, with the reason, where it cannot be installed).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    postgresql >/dev/null; } || echo "postgresql not installable: its tests will skip"
+
+test: lint docs browser postgres
+	$(BIN)/pytest -q --durations=15
 
 chaos: $(STAMP)
 	STREAMIMG_CHAOS=1 $(BIN)/pytest -q tests/test_faults.py tests/test_restart.py \
@@ -54,7 +61,7 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed-stamp: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/pip install --quiet -e '.[embedded,detect,track,test,bench]'
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[embedded,detect,track,serve,test,bench]'
 	touch $@
 
 bench-peers: $(BENCH_VENV)/.installed-stamp

@@ -7,7 +7,9 @@ point costs one dictionary look-up. Points (see ``streamimg.sinks.checkpoint``):
 - ``after_begin``: a transaction is open, nothing produced yet;
 - ``after_produce``: every record of the batch is produced and acknowledged, offsets not sent;
 - ``before_commit``: offsets sent, ``commit_transaction`` not called;
-- ``after_commit``: the transaction is committed, the daemon not told yet.
+- ``after_commit``: the transaction is committed, the daemon not told yet;
+- ``results_after_images`` (``streamimg.results.sink``): a batch's images are written,
+  its database transaction not begun.
 
 This is how Kafka's own transaction tests inject faults: at named points, not
 by sleeping and hoping.
@@ -18,7 +20,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_begin", "after_produce", "before_commit", "after_commit")
+POINTS = ("after_begin", "after_produce", "before_commit", "after_commit")  # the daemon's
+RESULTS_POINTS = ("results_after_images",)  # the results sink's
 _counts: dict[str, int] = {}
 
 
@@ -27,9 +30,9 @@ def _target() -> tuple[str, int] | None:
     if not spec:
         return None
     point, _, n = spec.partition(":")
-    if point not in POINTS or not n.isdigit() or int(n) < 1:
+    if point not in POINTS + RESULTS_POINTS or not n.isdigit() or int(n) < 1:
         raise ValueError(f"STREAMIMG_CRASH_AT={spec!r}: expected <point>:<n> with a point in "
-                         f"{POINTS} and n >= 1")
+                         f"{POINTS + RESULTS_POINTS} and n >= 1")
     return point, int(n)
 
 
