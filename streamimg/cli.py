@@ -288,6 +288,22 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The analysis service (:mod:`streamimg.service.serve`)."""
+    from streamimg.service.serve import serve
+
+    kafka = _kafka(args)
+    if not args.embedded:
+        _connect(args, kafka)
+    return serve(kafka=kafka, db=args.db, topology=Path(args.topology),
+                 requests=args.requests, host=args.host, port=args.port,
+                 embedded=args.embedded, workdir=Path(args.workdir),
+                 uploads=Path(args.uploads) if args.uploads else None,
+                 models=tuple(args.model) if args.model else None,
+                 kafka_flags=[x for item in args.kafka or [] for x in ("--kafka", item)],
+                 max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+
+
 def cmd_demo(args) -> int:
     """Run the main job on two real clips with everything embedded (see ``streamimg.demo``)."""
     from streamimg.demo import run_demo
@@ -415,6 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--frame-step", type=int, default=1, help="keep every N-th frame")
     sb.add_argument("--limit", type=int, help="stop after this many frames")
     sb.add_argument("--model", action="append", help="model to run (repeatable; carried along)")
+
+    sv = command("serve", "the analysis service: HTTP API and web page over the results",
+                 cmd_serve, True)
+    sv.add_argument("--embedded", action="store_true",
+                    help="also start the embedded broker, the ingest job, the topology's "
+                         "daemon and the results sink (SQLite under --workdir)")
+    sv.add_argument("--topology", default="topologies/video_analysis.py",
+                    help="the topology analysing the frames (names the models and topics)")
+    sv.add_argument("--db", help="SQLAlchemy URL of the results database "
+                                 "(sqlite:///<workdir>/results.db when omitted)")
+    sv.add_argument("--requests", default="videos", help="request topic")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    sv.add_argument("--workdir", default="streamimg-service",
+                    help="folder for the database, images, uploads and job logs")
+    sv.add_argument("--uploads", help="folder for uploaded videos (<workdir>/uploads)")
+    sv.add_argument("--model", action="append",
+                    help="a model name requests may ask for (repeatable; the topology's "
+                         "analytics names when omitted)")
+    sv.add_argument("--max-upload-mb", type=int, default=200, help="largest upload, MiB")
 
     d = command("demo", "the main job on two real clips, everything embedded", cmd_demo)
     d.add_argument("--topology", default="topologies/video_analysis.py", help="topology file")

@@ -1,0 +1,1 @@
+"""The analysis service: HTTP API and web page over the results database (``streamimg serve``)."""
