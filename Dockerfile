@@ -8,6 +8,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY streamimg ./streamimg
 COPY topologies ./topologies
-RUN pip install --no-cache-dir '.[detect,track]'
+RUN pip install --no-cache-dir '.[detect,track,serve,postgres]'
 ENV OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 ENTRYPOINT []
