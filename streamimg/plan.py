@@ -40,6 +40,7 @@ class ArrayOp:
     fn: Callable[..., Any]
     kwargs: dict[str, Any]
     order: str | None = None  # the channel order of its output frames; None: unchanged
+    per_frame: bool = False  # fn(frame (h, w, c), info: FrameInfo, **kwargs) -> frame
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,10 +126,13 @@ class Plan:
         return "RGB" if self.drawn is not None else self.frames.order
 
     def map_frames(self, name: str, fn: Callable[..., Any], /, *,
-                   channel_order: str | None = None, **kwargs: Any) -> Plan:
+                   channel_order: str | None = None, per_frame: bool = False,
+                   **kwargs: Any) -> Plan:
         """A plan whose frames are ``fn(frames, **kwargs)`` of this plan's.
 
         ``channel_order``: the order of ``fn``'s output (e.g. ``"HSV"``), None if unchanged.
+        ``per_frame``: ``fn`` is a NumPy function of one frame and its identity,
+        ``fn(frame (h, w, c), info, **kwargs)`` (e.g. an augmentation seeded by it).
 
         Raises
         ------
@@ -139,8 +143,8 @@ class Plan:
         if self.drawn is not None:
             raise PlanError(f"{name}: frame operators must come before annotate (it draws "
                             "on the output frames)")
-        return Plan(Frames(self.frames, ArrayOp(name, fn, dict(kwargs), channel_order)),
-                    self.values, None)
+        return Plan(Frames(self.frames, ArrayOp(name, fn, dict(kwargs), channel_order,
+                                                per_frame)), self.values, None)
 
     def with_value(self, name: str, fn: Callable[..., Any], /, *, batched: bool = False,
                    needs: tuple[str, ...] = (), **kwargs: Any) -> Plan:

@@ -31,6 +31,7 @@ from streamimg.analytics.annotate import draw_detections, draw_palette
 from streamimg.analytics.palette import palette as _palette
 from streamimg.analytics.regions import classify_regions as _classify_regions
 from streamimg.codecs.frame import ENCODINGS
+from streamimg.operators import augment as _augment
 from streamimg.operators import kernels as _kernels
 from streamimg.operators import stencils as _stencils
 from streamimg.operators.blur import gaussian_blur as _gaussian_blur
@@ -174,6 +175,32 @@ def correlate(stream: Stream, kernel: Any, boundary: str = "reflect", cval: floa
     :func:`convolve`.
     """
     return _filter_stream(stream, _correlate, "correlate", kernel, boundary, cval, output_dtype)
+
+
+@_register
+def augment(stream: Stream, hflip: float = 0.0, vflip: float = 0.0, rotate: float = 0.0,
+            crop: float = 1.0, brightness: float = 0.0, contrast: float = 0.0,
+            noise: float = 0.0, seed: int = 0) -> Stream:
+    """Augment every frame at random, seeded by its identity (stream id, frame index).
+
+    See :mod:`streamimg.operators.augment`: flips (probabilities), rotation (largest
+    angle, degrees), crop (smallest side fraction, resized back), brightness and contrast
+    (fractions), Gaussian noise (standard deviation, intensity units). A frame redone
+    after a crash gets the same augmentation, so exactly-once outputs stay byte-identical.
+    Frames keep their shape and dtype.
+
+    Raises
+    ------
+    TopologyError
+        For a probability outside [0, 1], a negative magnitude or ``crop`` outside (0, 1].
+    """
+    try:
+        settings = _augment.Augment(hflip, vflip, rotate, crop, brightness, contrast, noise,
+                                    seed)
+    except ValueError as exc:
+        raise TopologyError(f"augment: {exc}") from None
+    return stream.map(lambda p: p.map_frames("augment", _augment.augment_frame, per_frame=True,
+                                             settings=settings))
 
 
 @_register
