@@ -137,6 +137,52 @@ def test_killed_dask_workers_lose_no_frame_and_the_daemon_goes_on(kafka, tmp_pat
     assert_exactly_once(kafka, name, inputs)
 
 
+@pytest.mark.skipif(not CHAOS, reason="make chaos only: ~45 s, 2 worker kills (the suite "
+                    "kills workers under a stateless topology; tests/test_state.py kills daemons "
+                    "under a stateful one)")
+@pytest.mark.timeout(600)
+def test_killed_dask_workers_under_stateful_operators_rewind_to_the_committed_state(
+        kafka, tmp_path, uid):
+    """A lost chunk or state task of a stateful program is not resubmitted: the daemon
+    rewinds to the committed offsets and state. Every frame's chained value (it depends on
+    every earlier frame of its stream) must still equal one uninterrupted pass."""
+    from tests.harness.checker import read_log
+    from tests.test_state import CHAIN_SOURCE, expected_chain
+
+    topic, name = f"in-{uid}", f"wks-{uid}"
+    inputs = produce_input(kafka, topic, 48)
+    total = sum(inputs.values())
+    path = slow_topology(tmp_path / "t.py", name, topic,
+                         ".analyze('mean', lambda f: float(f.mean()))"
+                         ".stateful('chain', Chain())" + BODY, 0.05)
+    path.write_text(CHAIN_SOURCE + path.read_text())
+    log = tmp_path / "daemon.log"
+    with DaskProcesses(tmp_path, n_workers=2) as dask:
+        proc = start_daemon(path, kafka, None, log, scheduler=dask.address)
+        try:
+            wait_until(lambda: committed(kafka, name, topic) >= 4, 120, "first commits")
+            for k in range(2):
+                done = committed(kafka, name, topic)
+                dask.kill_worker(k)
+                dask.start_worker()
+                wait_until(lambda d=done: committed(kafka, name, topic) > d + 4, 120,
+                           "progress after a worker kill")
+                assert proc.poll() is None, log.read_text()[-3000:]
+            wait_until(lambda: committed(kafka, name, topic) >= total, 240, "all committed")
+        finally:
+            assert stop_process(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+    assert_exactly_once(kafka, name, inputs)
+    frames = [f.image for f in read_video(clip("bikes.mp4"), limit=48)]
+    means = [float(frames[i % len(frames)].mean()) for i in range(48)]
+    got = {}
+    for r in read_log(kafka.bootstrap, f"{name}.analytics"):
+        if r.outcome == "committed":
+            a = json.loads(r.value)
+            got[(a["stream"], a["frame"])] = a["chain"]
+    for stream in ("left", "right"):
+        assert [got[(stream, i)] for i in range(48)] == expected_chain(means), stream
+
+
 # -- two daemons in one group, one of them killed and restarted while frames stream in ----------
 
 ASSIGNED = re.compile(r"assigned \[\('")
