@@ -310,7 +310,8 @@ def cmd_demo(args) -> int:
 
     return run_demo(topology=Path(args.topology), output=Path(args.output), limit=args.limit,
                     loop=args.loop, encoding=args.encoding, workers=args.workers,
-                    keep=args.keep)
+                    keep=args.keep or args.serve,
+                    serve_port=args.port if args.serve else None)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -463,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2, help="Dask worker processes")
     d.add_argument("--keep", action="store_true",
                    help="after the summary, keep broker, daemon and dashboard up until Ctrl-C")
+    d.add_argument("--serve", action="store_true",
+                   help="after the summary, keep everything up and serve the analysis "
+                        "service (the demo's clips browsable, more videos submittable)")
+    d.add_argument("--port", type=int, default=8000, help="port of --serve")
     return p
 
 

@@ -92,7 +92,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int = 1,
-             encoding: str = "raw", workers: int = 2, keep: bool = False) -> int:
+             encoding: str = "raw", workers: int = 2, keep: bool = False,
+             serve_port: int | None = None) -> int:
     """Run the demo; return the process exit code (0 only if exactly-once held).
 
     Parameters
@@ -113,6 +114,10 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
     keep : bool
         After the summary, keep broker, daemon and dashboard running until
         Ctrl-C (SIGINT) or SIGTERM, and print where each one is.
+    serve_port : int, optional
+        With ``keep``: also serve the analysis service on this port (the demo's clips
+        as done analyses in ``output/results.db``; submitted videos go through an ingest
+        job to the same daemon).
 
     Raises
     ------
@@ -150,13 +155,14 @@ def run_demo(topology: Path, output: Path, limit: int | None = None, loop: int =
                                       start_new_session=True)
         try:
             return _finish(console, client, kafka, broker.bootstrap, topo, topology, output,
-                           clips, daemon, ends, t_start, produce_s, encoding, keep)
+                           clips, daemon, ends, t_start, produce_s, encoding, keep,
+                           serve_port)
         finally:
             _stop(daemon)  # a no-op when it has exited
 
 
 def _finish(console, client, kafka, bootstrap, topo, topology, output, clips, daemon, ends,
-            t_start, produce_s, encoding, keep) -> int:
+            t_start, produce_s, encoding, keep, serve_port=None) -> int:
     """Wait for the commits, stop the daemon (unless ``keep``), write the outputs and summary."""
     daemon_log, stats_file = output / "daemon.log", output / "daemon-stats.json"
     frames_in = sum(ends.values())
@@ -214,7 +220,12 @@ def _finish(console, client, kafka, bootstrap, topo, topology, output, clips, da
         f"{summary['frames_per_s']} frames/s; daemon "
         f"{'running' if exit_code is None else f'exit {exit_code}'}\n"
         f"wrote {written} annotated frames and summary.json to {output}/")
-    if keep and exit_code is None:
+    if keep and exit_code is None and serve_port:
+        _serve(console, kafka, topology, output, clips,
+               {k: v["frames"] for k, v in streams.items()}, serve_port)
+        code = _stop(daemon)
+        console.print(f"daemon exit {code}; stopping the cluster and the broker")
+    elif keep and exit_code is None:
         _keep_running(console, bootstrap, dashboard_link(client), daemon, daemon_log,
                       topo, output)
         code = _stop(daemon)
@@ -282,6 +293,43 @@ def _keep_running(console: Console, bootstrap: str, dashboard: str, daemon: subp
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _serve(console: Console, kafka: KafkaConfig, topology: Path, output: Path,
+           clips: list[Path], frames: dict[str, int], port: int) -> None:
+    """The analysis service over the demo's results until Ctrl-C or SIGTERM."""
+    from streamimg.results.store import ResultsStore
+    from streamimg.service.app import ServiceConfig
+    from streamimg.service.serve import (
+        run_http,
+        start_ingest,
+        start_sink,
+        stop_child,
+        topology_models,
+    )
+
+    name, models = topology_models(topology)
+    db = f"sqlite:///{(output / 'results.db').resolve()}"
+    store = ResultsStore(db)
+    store.create()
+    sources = {c.stem: str(c) for c in clips}
+    for stream, n in frames.items():
+        store.upsert_analysis(stream, source=sources.get(stream, stream), models=list(models),
+                              frame_step=1, state="done", frames_ingested=n,
+                              started=time.time(), finished=time.time())
+    procs = [start_sink(kafka, name, db, output / "images", "videos", output / "results.log"),
+             start_ingest(kafka, "videos", output / "ingest.log")]
+    try:
+        console.print(f"\n[bold]analysis service[/] http://127.0.0.1:{port}/ (API docs at "
+                      f"/docs): the demo's clips, and any video you submit (Ctrl-C stops "
+                      f"everything)")
+        run_http(ServiceConfig(store=store, kafka=kafka, requests_topic="videos",
+                               models=models, uploads=output / "uploads"),
+                 "127.0.0.1", port, [])
+    finally:
+        for proc in reversed(procs):
+            stop_child(proc)
+        store.close()
 
 
 def _wait_committed(console, kafka, group, ends, daemon, frames_in):

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from streamimg.config import KafkaConfig
 
@@ -49,7 +50,8 @@ def _child(cmd: list[str], log_path: Path) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def stop_child(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM ``proc`` and wait for it (SIGKILL after ``timeout_s``)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -59,6 +61,22 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
             proc.wait(10)
 
 
+def start_ingest(kafka: KafkaConfig, requests: str, log_path: Path,
+                 extra: list[str] = ()) -> subprocess.Popen:
+    """``streamimg ingest``: requests -> the ``frames`` topic (a child process)."""
+    return _child([sys.executable, "-m", "streamimg.cli", "ingest", "--requests", requests,
+                   "--frames", "frames", "--bootstrap", kafka.bootstrap, *extra], log_path)
+
+
+def start_sink(kafka: KafkaConfig, name: str, db: str, images: Path, requests: str,
+               log_path: Path, extra: list[str] = ()) -> subprocess.Popen:
+    """The results sink of topology ``name`` and the request status (a child process)."""
+    return _child([sys.executable, "-m", "streamimg.results.sink", "--analytics",
+                   f"{name}.analytics", "--frames", f"{name}.frames", "--status",
+                   f"{requests}.status", "--dlq", f"{name}.dlq", "--db", db, "--images",
+                   str(images), "--bootstrap", kafka.bootstrap, *extra], log_path)
+
+
 def start_jobs(kafka: KafkaConfig, topology: Path, name: str, db: str, images: Path,
                requests: str, workdir: Path, extra: list[str] = ()) -> list[subprocess.Popen]:
     """Start the ingest job, the topology's daemon and the results sink; their processes.
@@ -66,16 +84,27 @@ def start_jobs(kafka: KafkaConfig, topology: Path, name: str, db: str, images: P
     Logs go to ``workdir/{ingest,daemon,results}.log``. ``extra``: ``--kafka KEY=VALUE``
     flags for every job.
     """
-    py, boot = [sys.executable, "-m"], ["--bootstrap", kafka.bootstrap, *extra]
-    ingest = _child([*py, "streamimg.cli", "ingest", "--requests", requests, "--frames",
-                     "frames", *boot], workdir / "ingest.log")
-    daemon = _child([*py, "streamimg.cli", "run", str(topology), "--create-topics", *boot],
+    daemon = _child([sys.executable, "-m", "streamimg.cli", "run", str(topology),
+                     "--create-topics", "--bootstrap", kafka.bootstrap, *extra],
                     workdir / "daemon.log")
-    sink = _child([*py, "streamimg.results.sink", "--analytics", f"{name}.analytics",
-                   "--frames", f"{name}.frames", "--status", f"{requests}.status",
-                   "--dlq", f"{name}.dlq",
-                   "--db", db, "--images", str(images), *boot], workdir / "results.log")
-    return [ingest, daemon, sink]
+    return [start_ingest(kafka, requests, workdir / "ingest.log", extra), daemon,
+            start_sink(kafka, name, db, images, requests, workdir / "results.log", extra)]
+
+
+def run_http(cfg: Any, host: str, port: int, signals: list[int]) -> None:
+    """Serve the app of ``cfg`` until SIGINT/SIGTERM (recorded in ``signals``).
+
+    Installs its own handlers first: uvicorn re-raises the signal it caught once it has
+    shut down, which would kill the process before the caller stops its jobs.
+    """
+    import uvicorn
+
+    from streamimg.service.app import create_app
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: signals.append(signum))
+    if not signals:
+        uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
 
 
 def serve(*, kafka: KafkaConfig, db: str | None, topology: Path, requests: str, host: str,
@@ -94,10 +123,8 @@ def serve(*, kafka: KafkaConfig, db: str | None, topology: Path, requests: str, 
     BrokerError
         If the embedded broker does not start.
     """
-    import uvicorn
-
     from streamimg.results.store import ResultsStore
-    from streamimg.service.app import ServiceConfig, create_app
+    from streamimg.service.app import ServiceConfig
 
     # Our own handlers from the start: a signal during start-up stops what started (no
     # orphaned job), and uvicorn, which re-raises the signal it caught once it has shut
@@ -123,13 +150,12 @@ def serve(*, kafka: KafkaConfig, db: str | None, topology: Path, requests: str, 
             procs = start_jobs(kafka, topology, name, db, workdir / "images", requests,
                                workdir, list(kafka_flags))
             for proc in reversed(procs):
-                stack.callback(_stop, proc)
+                stack.callback(stop_child, proc)
         cfg = ServiceConfig(store=store, kafka=kafka, requests_topic=requests,
                             models=models or names, uploads=uploads or workdir / "uploads",
                             max_upload_bytes=max_upload_bytes)
         print(f"streamimg serve: http://{host}:{port}/ (API docs at /docs); topology "
               f"{name!r}, models {list(cfg.models)}, database {db}"
               + (f", embedded broker at {kafka.bootstrap}" if embedded else ""), flush=True)
-        if not signals:
-            uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+        run_http(cfg, host, port, signals)
     return 0
