@@ -15,7 +15,7 @@ from PIL import Image
 
 from streamimg.admin import committed_offsets, read_topic
 from streamimg.broker import free_port, wait_for_port
-from tests.helpers import ROOT, stop_process
+from tests.helpers import ROOT, stop_process, wait_until
 
 
 def streamimg(*args, timeout=120, **kwargs):
@@ -91,19 +91,50 @@ def test_broker_command_serves_and_stops_on_sigterm():
 
 @pytest.mark.timeout(300)
 def test_demo_streams_two_clips_and_shows_the_faces(tmp_path):
-    out = tmp_path / "demo"
-    done = streamimg("demo", "--limit", "4", "--output", str(out), timeout=280)
-    assert done.returncode == 0, done.stderr[-3000:]
+    """`streamimg demo --serve`: the summary, then the analysis service over the demo's
+    results until SIGTERM, which stops everything (exit 0, no process left behind)."""
+    import httpx
+    import psutil
+
+    out, port = tmp_path / "demo", free_port()
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "streamimg.cli", "demo", "--limit", "4",
+                                 "--output", str(out), "--serve", "--port", str(port)],
+                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err)
+    url = f"http://127.0.0.1:{port}"
+
+    def served():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            rows = httpx.get(f"{url}/analyses", timeout=2).json()
+        except httpx.HTTPError:
+            return False
+        return len(rows) == 2 and all(a["frames_done"] == 4 for a in rows)
+
+    try:
+        wait_until(served, 240, "the demo's results in the analysis service")
+        assert {a["state"] for a in httpx.get(f"{url}/analyses").json()} == {"done"}
+        jpeg = httpx.get(f"{url}/analyses/carphone_pristine/frames/0")
+        assert jpeg.headers["content-type"] == "image/jpeg"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert stop_process(proc, signal.SIGTERM, timeout_s=120) == 0, log.read_text()[-3000:]
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"processes left behind: {alive}"
+    stderr = log.read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames_in"] == summary["frames_out"] == 8  # 4 frames of each clip
-    assert summary["exactly_once"] is True and summary["daemon_exit_code"] == 0
+    assert summary["exactly_once"] is True and summary["daemon_exit_code"] is None  # serving
     assert summary["frames_per_s"] > 0 and summary["elapsed_s"] > 0
     assert set(summary["topics"]["outputs"]) == {"video_analysis.frames",
                                                  "video_analysis.analytics"}
     assert {"faces", "palette", "encode"} <= set(summary["stage_ms_per_frame"])
     assert summary["streams"]["carphone_pristine"]["faces"] > 0
     assert summary["faces_detected"] > 0
-    assert f"{summary['faces_detected']} faces detected" in " ".join(done.stderr.split())
+    assert f"{summary['faces_detected']} faces detected" in " ".join(stderr.split())
     # Output frames keep the encoding they were produced in (the topology's JPEG).
     assert not list(out.glob("*.png"))
     bunny, phone = sorted(out.glob("bigbuckbunny_*.jpg")), sorted(out.glob("carphone_*.jpg"))
@@ -113,7 +144,8 @@ def test_demo_streams_two_clips_and_shows_the_faces(tmp_path):
     with Image.open(phone[0]) as im:
         assert (im.format, im.size) == ("JPEG", (176, 144 + 18))
     assert len((out / "analytics.jsonl").read_text().splitlines()) == 8
-    assert "Dask dashboard" in done.stderr and "Host wildcard" not in done.stderr
+    assert "Dask dashboard" in stderr and "Host wildcard" not in stderr
+    assert "analysis service" in stderr
 
 
 @pytest.mark.timeout(180)
