@@ -470,3 +470,33 @@ def test_tracker_loads_rejects_another_methods_state():
     data = Tracker(method="sort").dumps(Tracker(method="sort").initial())
     with pytest.raises(ValueError, match="not a bytetrack Tracker state"):
         Tracker().loads(data)
+
+
+def test_a_real_face_keeps_one_track_id_through_a_clip_and_a_restart():
+    """CenterFace on 40 frames of carphone_pristine.mp4 (one man on the phone), tracked with
+    the clip's capture times: one confirmed id for the face from the second frame on, and
+    a dumps/loads half-way gives the same values as the uninterrupted run."""
+    from streamimg.analytics.detect import FaceDetector
+    from streamimg.sources.video import read_video
+    from tests.helpers import clip
+
+    detector, tracker = FaceDetector(), Tracker(detections="faces")
+    frames = list(read_video(clip("carphone_pristine.mp4"), limit=40, start_ms=T0))
+    faces = [detector.detect(f.image) for f in frames]
+    assert sum(1 for d in faces if d) >= 36, [len(d) for d in faces]
+
+    def run(split=None):
+        state, out = tracker.initial(), []
+        for i, (f, d) in enumerate(zip(frames, faces, strict=True)):
+            if i == split:
+                state = tracker.loads(tracker.dumps(state))
+            h = FrameHeader("phone", f.index, f.timestamp_ms, 144, 176, 3, "uint8", "raw", "RGB")
+            state, value = tracker.step(state, FrameInfo("in", 0, i, b"phone", h), {"faces": d})
+            out.append(value)
+        return out
+
+    values = run()
+    ids = {t["track_id"] for v in values[1:] for t in v if t["track_id"] is not None}
+    assert ids == {0}, ids
+    assert all(v[0]["track_id"] == 0 for v in values[2:] if v)
+    assert run(split=20) == values
