@@ -6,17 +6,24 @@ the broker without seeing each other's data. Processes are stopped by pid.
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 from distributed import Client
 
-from streamimg.broker import EmbeddedBroker
+from streamimg.broker import EmbeddedBroker, free_port
 from streamimg.cluster import local_cluster
 from streamimg.config import KafkaConfig
 from streamimg.sources.video import read_video
-from tests.helpers import clip
+from tests.helpers import clip, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +59,53 @@ def uid() -> str:
 def bikes() -> list[np.ndarray]:
     """The first 24 frames of bikes.mp4 (640x272 RGB uint8), decoded once."""
     return [f.image for f in read_video(clip("bikes.mp4"), limit=24)]
+
+
+# -- PostgreSQL, when one can run here ------------------------------------------------------
+
+def _pg_available() -> bool:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return False
+    return _pg_bin("initdb") is not None and _pg_bin("pg_ctl") is not None
+
+
+def _pg_bin(name: str) -> str | None:
+    """A PostgreSQL program: on PATH, or in Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server in a temporary directory (as user postgres when we are root)."""
+    if not _pg_available():
+        pytest.skip("no PostgreSQL here (initdb and psycopg needed)")
+    base = Path(tempfile.mkdtemp(prefix="streamimg-pg-"))  # pytest's tmp is root's only
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(base, "postgres")
+    port, data = free_port(), base / "data"
+    for cmd in ([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                [_pg_bin("pg_ctl"), "-D", str(data), "-w", "-t", "30", "-l", str(base / "log"),
+                 "-o",
+                 f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]):
+        done = subprocess.run([*as_user, *cmd], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        os.kill(pid, signal.SIGINT)  # "fast" shutdown of the postmaster we started
+        try:
+            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "postgres to stop")
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            shutil.rmtree(base, ignore_errors=True)

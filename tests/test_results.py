@@ -6,16 +6,12 @@ PATH and psycopg installed): the same code must work on both.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,7 +21,6 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from streamimg.admin import MissingTopicError, committed_offsets, ensure_topics
-from streamimg.broker import free_port
 from streamimg.codecs.frame import FrameDecodeError, encode_frame, parse_header
 from streamimg.config import ConfigError, KafkaConfig
 from streamimg.results.images import image_name, to_jpeg
@@ -39,55 +34,6 @@ from streamimg.results.store import (
     StatusRow,
 )
 from tests.helpers import ROOT, TEST_KAFKA, stop_process, wait_until
-
-# -- PostgreSQL, when one can run here ------------------------------------------------------
-
-def _pg_available() -> bool:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return False
-    return _pg_bin("initdb") is not None and _pg_bin("pg_ctl") is not None
-
-
-def _pg_bin(name: str) -> str | None:
-    """A PostgreSQL program: on PATH, or in Debian's /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    """A PostgreSQL server in a temporary directory (as user postgres when we are root)."""
-    if not _pg_available():
-        pytest.skip("no PostgreSQL here (initdb and psycopg needed)")
-    base = Path(tempfile.mkdtemp(prefix="streamimg-pg-"))  # pytest's tmp is root's only
-    as_user = []
-    if os.geteuid() == 0:  # initdb refuses root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(base, "postgres")
-    port, data = free_port(), base / "data"
-    for cmd in ([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                [_pg_bin("pg_ctl"), "-D", str(data), "-w", "-t", "30", "-l", str(base / "log"),
-                 "-o",
-                 f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]):
-        done = subprocess.run([*as_user, *cmd], capture_output=True, timeout=60)
-        assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
-    pid = int((data / "postmaster.pid").read_text().split()[0])
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        os.kill(pid, signal.SIGINT)  # "fast" shutdown of the postmaster we started
-        try:
-            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "postgres to stop")
-        except BaseException:
-            os.kill(pid, signal.SIGKILL)
-            raise
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,10 +8,12 @@ page in Debian's Chromium (Playwright); a screenshot goes to test-artefacts/.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
 import sys
+import uuid
 
 import cv2
 import httpx
@@ -36,9 +38,9 @@ topology = Topology("svc", inputs="frames", max_frames=4, max_wait_ms=50)
 '''
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    work = tmp_path_factory.mktemp("service")
+@contextlib.contextmanager
+def running_service(work, db=None):
+    """`streamimg serve --embedded` on a free port (``db``: a database URL, else SQLite)."""
     (work / "t.py").write_text(TOPOLOGY)
     port = free_port()
     log = work / "serve.log"
@@ -46,7 +48,8 @@ def service(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamimg.cli", "serve", "--embedded", "--topology",
              str(work / "t.py"), "--workdir", str(work / "w"), "--port", str(port),
-             "--max-upload-mb", "1", "--kafka", "session.timeout.ms=6000"],
+             "--max-upload-mb", "1", "--kafka", "session.timeout.ms=6000",
+             *(["--db", db] if db else [])],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
 
@@ -66,6 +69,12 @@ def service(tmp_path_factory):
         assert code == 0, log.read_text()[-2000:] + "".join(
             (jobs / f"{j}.log").read_text()[-1500:] for j in ("ingest", "daemon", "results")
             if (jobs / f"{j}.log").exists())
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    with running_service(tmp_path_factory.mktemp("service")) as running:
+        yield running
 
 
 def submit(url, **body):
@@ -171,3 +180,27 @@ def test_the_page_submits_a_video_and_shows_its_frames_in_chromium(service):
             page.screenshot(path=str(ARTEFACTS / "streamimg-service.png"), full_page=True)
         finally:
             browser.close()
+
+
+@pytest.mark.timeout(300)
+def test_the_service_on_postgresql(postgres, tmp_path):
+    """The same service over a real PostgreSQL (Debian's server, started by the tests)."""
+    import psycopg
+
+    name = f"svc_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.replace("+psycopg", "") + "/postgres", autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    with running_service(tmp_path, db=f"{postgres}/{name}") as (url, _):
+        r = submit(url, source=str(CLIP), frame_step=30)
+        assert r.status_code == 201, r.text
+        aid = r.json()["id"]
+        assert wait_done(url, aid)["frames_done"] == 4
+        page = httpx.get(f"{url}/analyses/{aid}/results", params={"limit": 2}).json()
+        assert [x["frame"] for x in page["results"]] == [0, 1]
+        assert httpx.get(f"{url}/analyses/{aid}/frames/3").headers["content-type"] == \
+            "image/jpeg"
+        assert httpx.get(f"{url}/analyses/{aid}/frames/4").status_code == 404
+    with psycopg.connect(postgres.replace("+psycopg", "") + f"/{name}") as c:
+        rows = c.execute("SELECT count(*), count(DISTINCT frame) FROM frame_results "
+                         "WHERE analysis = %s", (aid,)).fetchone()
+    assert rows == (4, 4)
