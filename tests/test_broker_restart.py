@@ -21,9 +21,11 @@ s, and the daemon died with a traceback (exit 1) from ``consumer.close()``. This
 fails ("the daemon ignored SIGTERM for 60 s"). Now the daemon exits 3 with a line naming the
 call once it is 45 s old, or 30 s once a stop is requested.
 
-``make test`` runs one broker kill (before a commit, SIGTERM 10 s after the restart, while
-the daemon is usually still blocked in that call; ~75 s); with ``STREAMIMG_CHAOS=1`` four
-(two of them mid-commit; SIGTERM once while the broker is down; ~5 min).
+It runs under ``make chaos`` (``STREAMIMG_CHAOS=1``): four broker kills (two of them
+mid-commit; SIGTERM once while the broker is down; ~5 min). ``make test`` skips it since
+2026-12-02 to keep the suite under 15 minutes (one kill cost ~65 s of a 14-minute suite);
+the suite keeps the frozen-broker tests (``tests/test_positions.py``,
+``tests/test_checkpoint.py``), which SIGSTOP the broker under a blocked call.
 """
 
 from __future__ import annotations
@@ -181,6 +183,8 @@ def all_but_torn(report: Report) -> dict:
             if k != "torn" and getattr(report, k)}
 
 
+@pytest.mark.skipif(not CHAOS, reason="make chaos only: ~65 s a broker kill (the suite keeps "
+                    "the frozen-broker tests of test_positions.py and test_checkpoint.py)")
 @pytest.mark.timeout(900 if CHAOS else 300)
 def test_broker_killed_mid_transaction_and_restarted_on_s3(tmp_path, uid, bikes):
     topic, name = f"in-{uid}", f"brk-{uid}"
