@@ -41,20 +41,9 @@ from streamimg.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandErro
 
 
 def _kafka(args):
-    from streamimg.config import ConfigError, KafkaConfig
+    from streamimg.config import kafka_config
 
-    extra, fields = {}, {}
-    for item in getattr(args, "kafka", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--kafka {item!r}: expected KEY=VALUE (a librdkafka setting)")
-        if key in ("session.timeout.ms", "heartbeat.interval.ms"):
-            if not value.isdigit():
-                raise ConfigError(f"--kafka {item!r}: {key} must be a whole number of ms")
-            fields[key.replace(".", "_")] = int(value)  # session_timeout_ms, ...
-        else:
-            extra[key] = value
-    return KafkaConfig(bootstrap=args.bootstrap, extra=extra, **fields)
+    return kafka_config(args.bootstrap, getattr(args, "kafka", None) or [])
 
 
 def _connect(args, kafka) -> set[str]:

@@ -266,3 +266,25 @@ class BatchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not lo <= value <= hi:
                 raise ConfigError(f"{name}={value!r} must be an integer in [{lo}, {hi}]")
+
+
+def kafka_config(bootstrap: str, items: list[str]) -> KafkaConfig:
+    """A :class:`KafkaConfig` from ``--kafka KEY=VALUE`` items (group timeouts as fields).
+
+    Raises
+    ------
+    ConfigError
+        For an item that is not KEY=VALUE, or timeouts that do not fit together.
+    """
+    extra, fields = {}, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--kafka {item!r}: expected KEY=VALUE (a librdkafka setting)")
+        if key in ("session.timeout.ms", "heartbeat.interval.ms"):
+            if not value.isdigit():
+                raise ConfigError(f"--kafka {item!r}: {key} must be a whole number of ms")
+            fields[key.replace(".", "_")] = int(value)
+        else:
+            extra[key] = value
+    return KafkaConfig(bootstrap=bootstrap, extra=extra, **fields)

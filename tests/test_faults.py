@@ -109,19 +109,15 @@ def test_daemon_killed_at_crash_points_and_at_random_keeps_exactly_once(kafka, c
     assert report.counts[f"{name}.frames"].get("aborted", 0) > 0, report.counts
 
 
-@pytest.mark.timeout(600 if CHAOS else 300)
-def test_killed_dask_workers_lose_no_frame_and_the_daemon_goes_on(kafka, tmp_path, uid):
-    topic, name = f"in-{uid}", f"wk-{uid}"
-    inputs = produce_input(kafka, topic, 120 if CHAOS else 48)
-    total = sum(inputs.values())
-    # A slow operator keeps chunks running when a worker dies.
-    path = slow_topology(tmp_path / "t.py", name, topic, BODY, 0.05)
-    log = tmp_path / "daemon.log"
+def kill_workers_while_running(kafka, tmp_path, path, log, name, topic, total, kills):
+    """Run the topology on a `dask scheduler` with 2 `dask worker` processes, SIGKILL a
+    worker ``kills`` times (each replaced at once, progress awaited), then wait until
+    ``total`` input frames are committed and stop the daemon with SIGTERM (exit 0)."""
     with DaskProcesses(tmp_path, n_workers=2) as dask:
         proc = start_daemon(path, kafka, None, log, scheduler=dask.address)
         try:
             wait_until(lambda: committed(kafka, name, topic) >= 4, 120, "first commits")
-            for k in range(5 if CHAOS else 2):
+            for k in range(kills):
                 done = committed(kafka, name, topic)
                 dask.kill_worker(k)
                 dask.start_worker()
@@ -131,6 +127,17 @@ def test_killed_dask_workers_lose_no_frame_and_the_daemon_goes_on(kafka, tmp_pat
             wait_until(lambda: committed(kafka, name, topic) >= total, 240, "all committed")
         finally:
             assert stop_process(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.timeout(600 if CHAOS else 300)
+def test_killed_dask_workers_lose_no_frame_and_the_daemon_goes_on(kafka, tmp_path, uid):
+    topic, name = f"in-{uid}", f"wk-{uid}"
+    inputs = produce_input(kafka, topic, 120 if CHAOS else 48)
+    total = sum(inputs.values())
+    # A slow operator keeps chunks running when a worker dies.
+    path = slow_topology(tmp_path / "t.py", name, topic, BODY, 0.05)
+    log = tmp_path / "daemon.log"
+    kill_workers_while_running(kafka, tmp_path, path, log, name, topic, total, 5 if CHAOS else 2)
     text = log.read_text()
     assert not re.search(r"dead letter \S+\[\d+\]@\d+", text), text[-3000:]
     assert '"dead_letters": 0' in text, text[-3000:]
@@ -157,20 +164,7 @@ def test_killed_dask_workers_under_stateful_operators_rewind_to_the_committed_st
                          ".stateful('chain', Chain())" + BODY, 0.05)
     path.write_text(CHAIN_SOURCE + path.read_text())
     log = tmp_path / "daemon.log"
-    with DaskProcesses(tmp_path, n_workers=2) as dask:
-        proc = start_daemon(path, kafka, None, log, scheduler=dask.address)
-        try:
-            wait_until(lambda: committed(kafka, name, topic) >= 4, 120, "first commits")
-            for k in range(2):
-                done = committed(kafka, name, topic)
-                dask.kill_worker(k)
-                dask.start_worker()
-                wait_until(lambda d=done: committed(kafka, name, topic) > d + 4, 120,
-                           "progress after a worker kill")
-                assert proc.poll() is None, log.read_text()[-3000:]
-            wait_until(lambda: committed(kafka, name, topic) >= total, 240, "all committed")
-        finally:
-            assert stop_process(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+    kill_workers_while_running(kafka, tmp_path, path, log, name, topic, total, 2)
     assert_exactly_once(kafka, name, inputs)
     frames = [f.image for f in read_video(clip("bikes.mp4"), limit=48)]
     means = [float(frames[i % len(frames)].mean()) for i in range(48)]

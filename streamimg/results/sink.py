@@ -48,7 +48,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from streamimg.admin import connect, require_topics
 from streamimg.codecs.frame import FrameDecodeError
-from streamimg.config import ConfigError, KafkaConfig, check_topic
+from streamimg.config import ConfigError, KafkaConfig, check_topic, kafka_config
 from streamimg.faults import crash_point
 from streamimg.results.images import ImageStore, image_name, to_jpeg
 from streamimg.results.records import (
@@ -331,28 +331,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], default="text")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     return p
-
-
-def kafka_config(bootstrap: str, items: list[str]) -> KafkaConfig:
-    """A :class:`KafkaConfig` from ``--kafka KEY=VALUE`` items (group timeouts as fields).
-
-    Raises
-    ------
-    ConfigError
-        For an item that is not KEY=VALUE, or timeouts that do not fit together.
-    """
-    extra, fields = {}, {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--kafka {item!r}: expected KEY=VALUE (a librdkafka setting)")
-        if key in ("session.timeout.ms", "heartbeat.interval.ms"):
-            if not value.isdigit():
-                raise ConfigError(f"--kafka {item!r}: {key} must be a whole number of ms")
-            fields[key.replace(".", "_")] = int(value)
-        else:
-            extra[key] = value
-    return KafkaConfig(bootstrap=bootstrap, extra=extra, **fields)
 
 
 def main(argv: list[str] | None = None) -> int:
