@@ -75,8 +75,11 @@ def require_topics(existing: Iterable[str], topics: Iterable[str], what: str = "
 
 
 def ensure_topics(kafka: KafkaConfig, topics: Iterable[str], partitions: int = 1,
-                  timeout_s: float = 30.0) -> list[str]:
+                  timeout_s: float = 30.0, config: dict[str, str] | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
+
+    ``config``: topic configs for the created topics (e.g. ``{"cleanup.policy":
+    "compact"}``); existing topics are left as they are.
 
     Raises
     ------
@@ -89,7 +92,8 @@ def ensure_topics(kafka: KafkaConfig, topics: Iterable[str], partitions: int = 1
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in missing],
+        [NewTopic(t, num_partitions=partitions, replication_factor=-1, config=config or {})
+         for t in missing],
         operation_timeout=timeout_s)
     for fut in futures.values():
         try:

@@ -78,11 +78,12 @@ from streamimg.sinks.checkpoint import (
     FinishedBatch,
     Outcome,
     fencing_probe,
+    state_topic_config,
 )
 from streamimg.sinks.committer import Committer
 from streamimg.sources.pausing import PausingManager
 from streamimg.state import StateError
-from streamimg.topology import Topology
+from streamimg.topology import Topology, TopologyError
 
 log = logging.getLogger("streamimg.daemon")
 
@@ -131,7 +132,8 @@ class Daemon:
     Raises
     ------
     TopologyError
-        If the topology fails its start-up check.
+        If the topology fails its start-up check, or its ``max_state_bytes`` (plus
+        64 KiB of record overhead) exceeds the client's ``max_message_bytes``.
     """
 
     def __init__(self, topology: Topology, kafka: KafkaConfig, client: Client, *,
@@ -142,6 +144,12 @@ class Daemon:
                  fence_check_s: float | None = None, dashboard: bool = True):
         self.topology = topology
         self.program = topology.check()
+        if topology.state_topics() and topology.max_state_bytes + 65_536 > kafka.max_message_bytes:
+            raise TopologyError(f"topology {topology.name!r}: max_state_bytes="
+                                f"{topology.max_state_bytes:,} needs a client "
+                                f"max_message_bytes of at least "
+                                f"{topology.max_state_bytes + 65_536:,} (has "
+                                f"{kafka.max_message_bytes:,})")
         self.kafka = kafka
         self.client = client
         self.group = group or topology.name
@@ -207,7 +215,8 @@ class Daemon:
         ensure_topics(self.kafka, [*t.output_topics, t.dlq_topic], t.partitions)
         if t.state_topics():  # one state partition per input partition
             ensure_topics(self.kafka, t.state_topics(),
-                          len(partitions_of(self.kafka, t.inputs[0])))
+                          len(partitions_of(self.kafka, t.inputs[0])),
+                          config=state_topic_config(t.max_state_bytes))
         checkpoint = Checkpoint(self.kafka.producer(self.transactional_id))
         checkpoint.start()  # fences an older instance before we read anything
         probe = fencing_probe(self.kafka.consumer(

@@ -83,6 +83,7 @@ class ValueOp:
     source: Frames
     batched: bool = False
     needs: tuple[ValueOp, ...] = ()
+    frame: bool = False  # the value is a frame (a temporal operator's input), not analytics
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +98,7 @@ class StateOp:
 
     name: str
     op: Any
+    frame: bool = False  # the value is an output frame (temporal operators), not analytics
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,16 +115,40 @@ class DrawOp:
 class Plan:
     """The frames at one point of a pipeline, with the values and drawing known there.
 
-    The root plan (``Plan()``) stands for the decoded input frames.
+    The root plan (``Plan()``) stands for the decoded input frames. After a temporal
+    operator (:meth:`with_frame_state`) the output frames are the stateful value named
+    ``state_frames``, computed in the batch's state task: only sinks and further temporal
+    operators may follow it.
     """
 
     frames: Frames = field(default_factory=Frames)
     values: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     drawn: DrawOp | None = None
+    state_frames: str | None = None
+
+    def record_values(self) -> list[str]:
+        """Names of the values an analytics record carries (frame-valued ones excluded)."""
+        return [n for n, v in self.values.items() if not v.frame]
+
+    def _after_temporal(self, what: str) -> None:
+        if self.state_frames is not None:
+            raise PlanError(f"{what} cannot follow the temporal operator {self.state_frames!r}: "
+                            "its frames are made in the state task, so only sinks and other "
+                            "temporal operators may come after it; put it before")
 
     @property
     def order(self) -> str | None:
-        """The output frames' channel order, if the pipeline sets one (RGB once drawn)."""
+        """The output frames' channel order, if the pipeline sets one (RGB once drawn).
+
+        After a temporal operator: its ``order`` attribute (None: as its input, or by
+        channel count when the count changes).
+        """
+        name = self.state_frames
+        while name is not None and isinstance(self.values[name], StateOp):
+            op = self.values[name].op
+            if getattr(op, "order", None) is not None:
+                return op.order
+            name = op.needs[0]  # its input: an earlier temporal operator's, or the frames
         return "RGB" if self.drawn is not None else self.frames.order
 
     def map_frames(self, name: str, fn: Callable[..., Any], /, *,
@@ -143,6 +169,7 @@ class Plan:
         if self.drawn is not None:
             raise PlanError(f"{name}: frame operators must come before annotate (it draws "
                             "on the output frames)")
+        self._after_temporal(name)
         return Plan(Frames(self.frames, ArrayOp(name, fn, dict(kwargs), channel_order,
                                                 per_frame)), self.values, None)
 
@@ -160,6 +187,7 @@ class Plan:
         """
         if name in self.values:
             raise PlanError(f"analytics name {name!r} is used twice in the pipeline")
+        self._after_temporal(name)
         for need in needs:
             if not isinstance(self.values.get(need), ValueOp):
                 why = "is stateful" if need in self.values else "is not computed upstream"
@@ -185,7 +213,34 @@ class Plan:
                 raise PlanError(f"{name}: no analytics named {need!r} upstream "
                                 f"(have {sorted(self.values)})")
         return Plan(self.frames, MappingProxyType({**self.values, name: StateOp(name, op)}),
-                    self.drawn)
+                    self.drawn, self.state_frames)
+
+    def with_frame_state(self, name: str, make: Callable[[str], Any]) -> Plan:
+        """A plan whose output frames come from a temporal (stateful frame) operator.
+
+        ``make(input name)`` returns the :class:`~streamimg.analytics.stateful.StatefulOp`;
+        its ``step`` reads the frame (h, w, c) as that value and returns the output frame.
+        The input is this plan's frame (a hidden value ``<name>.input``, handed from the
+        chunk task to the state task) or, after another temporal operator, that
+        operator's output.
+
+        Raises
+        ------
+        PlanError
+            After ``annotate``, or if ``name`` is taken.
+        """
+        if self.drawn is not None:
+            raise PlanError(f"{name}: temporal operators must come before annotate")
+        for taken in (name, f"{name}.input"):
+            if taken in self.values:
+                raise PlanError(f"analytics name {taken!r} is used twice in the pipeline")
+        values = dict(self.values)
+        source = self.state_frames
+        if source is None:
+            source = f"{name}.input"
+            values[source] = ValueOp(source, _frame_itself, {}, self.frames, frame=True)
+        values[name] = StateOp(name, make(source), frame=True)
+        return Plan(self.frames, MappingProxyType(values), None, name)
 
     def with_drawing(self, fn: Callable[..., Any], needs: tuple[str, ...],
                      **kwargs: Any) -> Plan:
@@ -194,8 +249,10 @@ class Plan:
         Raises
         ------
         PlanError
-            If a needed value is not computed upstream, or drawing appears twice.
+            If a needed value is not computed upstream, or drawing appears twice or
+            after a temporal operator.
         """
+        self._after_temporal("annotate")
         for name in needs:
             if name not in self.values:
                 raise PlanError(f"annotate: no analytics named {name!r} upstream "
@@ -238,6 +295,9 @@ class Program:
 
     name: str
     sinks: tuple[SinkSpec, ...]
+    #: Largest committed state per input partition, bytes (``Topology(max_state_bytes=)``);
+    #: the default stays under Apache Kafka's default ``max.message.bytes`` (1 MiB).
+    max_state_bytes: int = 1_000_000
 
     @property
     def topics(self) -> list[str]:
@@ -255,9 +315,14 @@ class Program:
         return list(out.values())
 
     def deferred(self, s: int) -> bool:
-        """Whether sink ``s``'s records are built in the state task (it reads state)."""
+        """Whether sink ``s``'s records are built in the state task (it reads state).
+
+        Analytics sinks with a stateful value, and frame sinks after a temporal operator.
+        """
         sink = self.sinks[s]
-        return sink.analytics and any(isinstance(v, StateOp) for v in sink.plan.values.values())
+        if not sink.analytics:
+            return sink.plan.state_frames is not None
+        return any(isinstance(v, StateOp) for v in sink.plan.values.values())
 
     def stages(self) -> list[str]:
         """The stages a frame goes through, in order, as timings and task keys name them.
@@ -271,7 +336,8 @@ class Program:
             while node is not None and node.op is not None:
                 ops.append(node.op.name)
                 node = node.parent
-            later = [*reversed(ops), *sink.plan.values,
+            later = [*reversed(ops), *(n for n, v in sink.plan.values.items()
+                                        if not (v.frame and isinstance(v, ValueOp))),
                      *(["annotate"] if sink.plan.drawn is not None else []), sink.timing]
             for name in later:
                 if name and name not in names:
@@ -282,3 +348,8 @@ class Program:
         """``(token, blob)``: the program as bytes for the workers, and their SHA-1."""
         blob = cloudpickle.dumps(self)
         return hashlib.sha1(blob).hexdigest(), blob
+
+
+def _frame_itself(frame: Any) -> Any:
+    """The frame (h, w, c) as a value: a temporal operator's input, for the state task."""
+    return frame

@@ -32,16 +32,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamimg.plan import StateOp
+from streamimg.plan import Program, StateOp
 from streamimg.sinks.records import lineage_headers
 
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 #: Version prefix of a partition's state blob.
 MAGIC = b"streamimg-state/1\n"
-#: Largest state blob per partition (bytes): under Apache Kafka's default
+#: Default largest state blob per partition (bytes): under Apache Kafka's default
 #: ``max.message.bytes`` of 1 MiB (1,048,588) with room for the record's overhead.
-MAX_STATE_BYTES = 1_000_000
+#: ``Topology(max_state_bytes=...)`` raises it (temporal windows of large frames);
+#: the daemon creates ``<name>.state`` with a ``max.message.bytes`` to match.
+MAX_STATE_BYTES = Program.max_state_bytes
 
 
 class StateError(RuntimeError):
@@ -134,7 +136,7 @@ def run_state(token: str, blob: bytes, previous: dict[int, bytes] | StateResult,
     ------
     StateError
         If a committed blob cannot be read, or a partition's new blob exceeds
-        :data:`MAX_STATE_BYTES`. Operator errors never raise: they fail the frame.
+        the program's ``max_state_bytes``. Operator errors never raise: they fail the frame.
     """
     from streamimg.worker import program_of  # the chunk tasks' program cache
 
@@ -156,9 +158,12 @@ def run_state(token: str, blob: bytes, previous: dict[int, bytes] | StateResult,
         lineage = lineage_headers(info.topic, info.partition, info.offset, run)
         for s in deferred:
             sink = program.sinks[s]
-            recs = sink.builder(None, info, **sink.kwargs,
-                                values={n: values[n] for n in sink.plan.values},
-                                timings=dict(timings))
+            if sink.analytics:
+                recs = sink.builder(None, info, **sink.kwargs,
+                                    values={n: values[n] for n in sink.plan.record_values()},
+                                    timings=dict(timings))
+            else:  # the frames of a temporal operator
+                recs = sink.builder(values[sink.plan.state_frames], info, **sink.kwargs)
             records[s][i] = [(k, v, [*h, *lineage]) for k, v, h in recs]
 
     decoded = {p: decode_partition(snapshot.get(p)) for p in {p for p, _ in streams}}
@@ -173,10 +178,11 @@ def run_state(token: str, blob: bytes, previous: dict[int, bytes] | StateResult,
     changed = {}
     for partition, states in decoded.items():
         changed[partition] = new[partition] = encode_partition(states)
-        if len(changed[partition]) > MAX_STATE_BYTES:
+        if len(changed[partition]) > program.max_state_bytes:
             raise StateError(f"operator state of partition {partition} is "
                              f"{len(changed[partition]):,} bytes, over the "
-                             f"{MAX_STATE_BYTES:,} a state record may hold")
+                             f"{program.max_state_bytes:,} a state record may hold "
+                             "(Topology(max_state_bytes=...))")
     for s in deferred:
         for i in failures:
             records[s][i] = []

@@ -7,6 +7,10 @@ its state is committed to ``<name>.state`` in the batch's transaction (see
 :mod:`streamimg.state`), so track ids and counts continue exactly through
 crashes, restarts and rebalances. Stateful values appear in analytics records
 (:func:`~streamimg.stream.to_kafka_analytics`); ``annotate`` cannot draw them.
+
+The temporal operators (``temporal``, ``background``, ``integrate_heat``; see
+:mod:`streamimg.operators.temporal`) are stateful too, but their value is the
+stream's output frame: frame sinks after them write it.
 """
 
 from __future__ import annotations
@@ -114,3 +118,77 @@ def count_zone(stream: Stream, polygon: Any, tracks: str = "tracks", name: str =
     op = _op("count_zone", "counting", "ZoneCounter", tracks=tracks, polygon=polygon,
              name=name, **kwargs)
     return stateful(stream, name, op)
+
+
+def _frame_state(stream: Stream, what: str, name: str, cls: Any, *args: Any,
+                 **kwargs: Any) -> Stream:
+    """Add temporal operator ``cls(*args, input=..., **kwargs)`` as the stream's frames."""
+    try:
+        cls(*args, input="check", **kwargs)  # bad settings fail here, at definition
+    except (ValueError, TypeError) as exc:
+        raise TopologyError(f"{what}: {exc}") from None
+    return stream.map(lambda p: p.with_frame_state(
+        name, lambda source: cls(*args, input=source, **kwargs)))
+
+
+@_register
+def temporal(stream: Stream, fn: Any = "median", window: int = 3, name: str = "temporal",
+             **kwargs: Any) -> Stream:
+    """Frames from a window of each stream's consecutive frames (``map_overlap`` in time).
+
+    See :class:`streamimg.operators.temporal.TemporalWindow`: frame ``t``'s output is
+    ``fn`` over frames ``t - window + 1 .. t`` of its stream, across batch boundaries
+    (the previous frames are committed operator state), ``fn`` one of ``"median"``
+    (temporal median), ``"mean"`` (denoising), ``"difference"`` (``|F_t - F_t-1|``) or
+    ``fn(window (m, h, w, c), **kwargs) -> (h, w, c)``. Only sinks and other temporal
+    operators may follow it; the frames keep their channel order.
+
+    Raises
+    ------
+    TopologyError
+        For an unknown function name or ``window`` < 1; when the topology compiles, after
+        ``annotate`` or if ``name`` is taken.
+    """
+    from streamimg.operators.temporal import TemporalWindow
+
+    return _frame_state(stream, "temporal", name, TemporalWindow, fn, window, **kwargs)
+
+
+@_register
+def background(stream: Stream, method: str = "median", history: int = 25,
+               output: str = "foreground", name: str = "background", **kwargs: Any) -> Stream:
+    """Background subtraction per stream: a foreground mask (uint8 0/255, GRAY) or the background.
+
+    See :class:`streamimg.operators.temporal.Background` (``median`` of the previous
+    ``history`` frames, or ``running_average`` with ``alpha``; ``threshold`` in intensity
+    units). The model is committed operator state.
+
+    Raises
+    ------
+    TopologyError
+        For an unknown method (``mog2`` says why it is not offered) or output, or bad
+        ``history``/``alpha``/``threshold``.
+    """
+    from streamimg.operators.temporal import Background
+
+    return _frame_state(stream, "background", name, Background, method, history=history,
+                        output=output, **kwargs)
+
+
+@_register
+def integrate_heat(stream: Stream, steps: int = 1, name: str = "heat", **kwargs: Any) -> Stream:
+    """One heat field per stream, each frame a source; the field (float32) is the frame out.
+
+    See :class:`streamimg.operators.temporal.HeatField` (``alpha``, ``dt``, ``dx``,
+    ``scale``, ``decay``, ``boundary``, ``cval``): the Flink ancestor's stencil with a
+    source term, integrated over the stream; the field is committed operator state.
+    Send it with ``to_kafka_frames(encoding="raw")`` (float32).
+
+    Raises
+    ------
+    TopologyError
+        For an unstable step or bad settings.
+    """
+    from streamimg.operators.temporal import HeatField
+
+    return _frame_state(stream, "integrate_heat", name, HeatField, steps, **kwargs)

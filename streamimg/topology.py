@@ -67,6 +67,12 @@ class Topology:
         when not given, the pixel frame size for pixel topologies.
     frame_dtype : str
         The input frames' dtype for the same check.
+    max_state_bytes : int
+        Largest committed state of the stateful operators per input partition, bytes
+        (default 1,000,000: under Apache Kafka's default ``max.message.bytes``). A
+        temporal window holds frames: raise it for windows of large frames (the daemon
+        creates ``<name>.state`` with a ``max.message.bytes`` to match; the client's
+        ``max_message_bytes`` must be at least as large).
 
     Raises
     ------
@@ -78,7 +84,8 @@ class Topology:
                  max_wait_ms: int = 30, max_in_flight: int = 4,
                  max_in_flight_bytes: int = 512 * 1024 * 1024, partitions: int = 1,
                  pixels: PixelFrames | None = None,
-                 frame_shape: tuple[int, int, int] | None = None, frame_dtype: str = "uint8"):
+                 frame_shape: tuple[int, int, int] | None = None, frame_dtype: str = "uint8",
+                 max_state_bytes: int = Program.max_state_bytes):
         import streamimg.stream  # noqa: F401  (registers the Stream methods; imports us)
 
         try:
@@ -94,6 +101,9 @@ class Topology:
         if not 1 <= partitions <= 10_000:
             raise TopologyError(f"partitions={partitions} must be in [1, 10000]")
         self.partitions = partitions
+        if not 1024 <= max_state_bytes <= 1_000_000_000:
+            raise TopologyError(f"max_state_bytes={max_state_bytes} outside [1 KiB, 1 GB]")
+        self.max_state_bytes = max_state_bytes
         if pixels is not None and not isinstance(pixels, PixelFrames):
             raise TopologyError(f"pixels must be a streamimg.PixelFrames, got {pixels!r}")
         if pixels is not None and len(self.inputs) != 1:
@@ -206,7 +216,7 @@ class Topology:
         if not sinks:
             raise TopologyError(f"topology {self.name!r} has no Kafka sink (to_kafka_frames, "
                                 "to_kafka_analytics, to_kafka_pixels or to_kafka_records)")
-        return Program(self.name, tuple(sinks))
+        return Program(self.name, tuple(sinks), self.max_state_bytes)
 
     def check(self) -> Program:
         """Compile, then run the program on one synthetic frame of the declared input.

@@ -296,7 +296,7 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
                           if not isinstance(v, StateOp))
             continue
         if sink.analytics:
-            vals = {name: value_of(v) for name, v in sink.plan.values.items()}
+            vals = {name: value_of(sink.plan.values[name]) for name in sink.plan.record_values()}
             for i in alive():
                 try:
                     per_sink[s][i] = sink.builder(None, frames[i], **sink.kwargs,

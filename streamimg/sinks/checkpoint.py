@@ -41,6 +41,19 @@ from streamimg.sinks.records import dead_letter_record
 log = logging.getLogger(__name__)
 
 
+def state_topic_config(max_state_bytes: int) -> dict[str, str]:
+    """Topic configs of a state topic (``<name>.state``, ``<name>.assembler``).
+
+    Compacted (Kafka keeps the last record per key, and its cleaner drops aborted
+    transactions' records and stops at the last stable offset, so the committed record a
+    restart reads stays), and ``max.message.bytes`` large enough for a record of
+    ``max_state_bytes`` (bytes) plus 64 KiB of record overhead, never below Apache
+    Kafka's default of 1,048,588. State records are keyed by their partition.
+    """
+    return {"cleanup.policy": "compact",
+            "max.message.bytes": str(max(1_048_588, max_state_bytes + 65_536))}
+
+
 class TransactionAborted(RuntimeError):
     """The batch's transaction was aborted; rewind the consumer and redo it."""
 
@@ -256,8 +269,8 @@ class Checkpoint:
                 acked[(msg.topic(), msg.partition())] = msg.offset()
 
         for topic, partition, value in states:
-            self._producer.produce(topic, value=value, partition=partition,
-                                   on_delivery=delivered)
+            self._producer.produce(topic, key=b"%d" % partition, value=value,
+                                   partition=partition, on_delivery=delivered)
         with self._blocking("flush"):
             left = self._producer.flush(self.timeout_s)
         if left > 0 or failed or len(acked) != len(states):
