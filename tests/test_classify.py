@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -195,3 +196,41 @@ def test_classify_regions_chains_a_detector_and_a_classifier_in_one_call(tmp_pat
 
 def scores_by_label_dicts(classes):
     return {c["label"]: c["score"] for c in classes}
+
+
+def test_classify_regions_on_real_face_crops_from_centerface(tmp_path):
+    """The ancestor's chain on a real clip: CenterFace finds the face in frames of
+    carphone_pristine.mp4, classify_regions classifies its crop (with a 10 % margin) in
+    one call per chunk; a model whose outputs are the crop's channel means makes the
+    right answer computable by hand (crop, cv2 bilinear resize to 32x32, mean / 255)."""
+    import streamimg
+    from streamimg.batching import FrameInfo
+    from streamimg.codecs.frame import FrameHeader
+    from streamimg.worker import array_block, run_program
+    from tests.test_detect import clip_frames
+
+    frames = clip_frames("carphone_pristine.mp4", [0, 40, 80])
+    means = OnnxClassifier(channel_mean_model(tmp_path), ["r", "g", "b"], input_size=32,
+                           mean=(0, 0, 0), std=(1, 1, 1), top_k=3, softmax=False)
+    t = streamimg.Topology("faces", inputs="in", frame_shape=frames[0].shape)
+    (t.source.detect_faces(name="faces")
+     .classify_regions(means, detections="faces", margin=0.1, name="tones")
+     .to_kafka_analytics())
+    program = t.check()
+    h, w, c = frames[0].shape
+    infos = [FrameInfo("in", 0, i, b"car", FrameHeader("car", i, 0, h, w, c, "uint8", "raw",
+                                                         "RGB")) for i in range(3)]
+    result = run_program(program, infos, frames, array_block, "r")
+    assert result.failures == []
+    for frame, recs in zip(frames, result.records[0], strict=True):
+        (_, value, _), = recs
+        (face,) = json.loads(value)["tones"]  # one face in every frame
+        x0, y0, x1, y1 = face["box"]
+        assert face["label"] == "face" and face["score"] > 0.5 and x1 - x0 > 20
+        mx, my = 0.1 * (x1 - x0), 0.1 * (y1 - y0)
+        crop = frame[max(0, int(np.floor(y0 - my))):min(h, int(np.ceil(y1 + my))),
+                     max(0, int(np.floor(x0 - mx))):min(w, int(np.ceil(x1 + mx)))]
+        small = cv2.resize(crop, (32, 32), interpolation=cv2.INTER_LINEAR)
+        want = small.reshape(-1, 3).astype(np.float64).mean(0) / 255
+        got = scores_by_label_dicts(face["classes"])
+        assert [got["r"], got["g"], got["b"]] == pytest.approx(want, abs=1e-4)
