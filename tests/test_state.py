@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -295,6 +297,51 @@ def test_tracks_and_counts_survive_a_kill_between_produce_and_commit(kafka, clus
     finally:
         assert stop_process(run2) == 0, log.read_text()[-3000:]
 
+    check_scene(kafka, name, frames)
+    states = read_log(kafka.bootstrap, f"{name}.state")
+    assert any(r.outcome != "committed" for r in states), "run 1 left no uncommitted state"
+
+
+@pytest.mark.timeout(400)
+def test_tracks_and_counts_survive_five_kills_at_random_moments(kafka, cluster, tmp_path, uid):
+    """SIGKILL five times, each a seeded random 1-6 frames of progress and 0-300 ms after
+    the previous run's first new commit (so mid-batch, mid-transaction or between
+    transactions), then one run to the end: every frame's chain, tracks, line and zone
+    values equal one uninterrupted pass, once each."""
+    topic, name = f"in-{uid}", f"st-{uid}"
+    ensure_topics(kafka, [topic], partitions=2)
+    frames = {s: scene(30, seed) for seed, s in enumerate(("left", "right"))}
+    for p, s in enumerate(frames):
+        produce_frames(kafka, topic, (SourceFrame(i, 1_000 + 40 * i, f)
+                                      for i, f in enumerate(frames[s])), stream=s, partition=p)
+    path = write_topology(tmp_path / "t.py", name, topic, STATEFUL_BODY,
+                          max_frames=2, max_wait_ms=20, max_in_flight=3)
+    path.write_text(CHAIN_SOURCE + SCENE_SOURCE + path.read_text())
+    log = tmp_path / "daemon.log"
+
+    def committed():
+        return sum(max(0, o) for o in committed_offsets(kafka, name, [topic]).values())
+
+    rng = random.Random(2026)
+    for kill in range(5):
+        target = committed() + rng.randint(1, 6)
+        run = start_daemon(path, kafka, cluster, log)
+        try:
+            wait_until(lambda t=target: committed() >= t, 120, f"run {kill + 1} commits")
+            time.sleep(rng.uniform(0, 0.3))
+        finally:
+            stop_process(run, signal.SIGKILL)
+    assert committed() < 60, "the kills should land before the end of the input"
+    last = start_daemon(path, kafka, cluster, log)
+    try:
+        wait_until(lambda: committed() == 60, 120, "the last run commits every frame")
+    finally:
+        assert stop_process(last) == 0, log.read_text()[-3000:]
+    check_scene(kafka, name, frames)
+
+
+def check_scene(kafka, name: str, frames: dict[str, list[np.ndarray]]) -> None:
+    """Every frame's committed values, once each, equal one uninterrupted pass."""
     got = {}
     for r in read_log(kafka.bootstrap, f"{name}.analytics"):
         if r.outcome == "committed":
@@ -311,8 +358,6 @@ def test_tracks_and_counts_survive_a_kill_between_produce_and_commit(kafka, clus
         # The left half: one square starts in it and leaves, the other comes in and stays.
         assert (last["zone"]["entered"], last["zone"]["exited"]) == (2, 1)
         assert last["zone"]["occupancy"] == 1
-    states = read_log(kafka.bootstrap, f"{name}.state")
-    assert any(r.outcome != "committed" for r in states), "run 1 left no uncommitted state"
 
 
 @pytest.mark.timeout(300)
