@@ -37,7 +37,7 @@ from rich.console import Console
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.broker import EmbeddedBroker
 from streamimg.cluster import dashboard_link, local_cluster
-from streamimg.codecs.frame import decode_payload, parse_header
+from streamimg.codecs.frame import parse_header
 from streamimg.config import KafkaConfig
 from streamimg.progress import progress_bar
 from streamimg.sinks.records import read_lineage
@@ -358,17 +358,13 @@ def _write_frames(output: Path, frames: list) -> int:
     JPEG and PNG payloads are written as they are (``.jpg``, ``.png``); raw frames
     are encoded as PNG (RGB).
     """
-    from streamimg.analytics.annotate import encode_image
+    from streamimg.sinks.files import save_frame_message, write_whole
 
     for m in frames:
         header = parse_header(m.headers())
-        name = f"{header.stream}_{header.frame:06d}"
         if header.encoding in SUFFIXES:  # image files store RGB whatever the header's order
-            (output / f"{name}{SUFFIXES[header.encoding]}").write_bytes(m.value())
-            continue
-        frame = decode_payload(header, m.value())
-        if header.order == "BGR":
-            frame = frame[:, :, ::-1]
-        (output / f"{name}.png").write_bytes(
-            encode_image(frame if frame.shape[2] != 1 else frame[:, :, 0], "png"))
+            write_whole(str(output / f"{header.stream}_{header.frame:06d}"
+                                     f"{SUFFIXES[header.encoding]}"), m.value())
+        else:
+            save_frame_message(m, output)
     return len(frames)

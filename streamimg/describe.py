@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from streamimg.codecs.frame import PREFIX, FrameDecodeError, decode_payload, parse_header
+from streamimg.codecs.frame import PREFIX, FrameDecodeError, parse_header
 from streamimg.codecs.pixel import BINARY_MAGIC, PixelDecodeError, decode_pixel
 
 
@@ -59,20 +59,15 @@ def describe(message: Any) -> dict[str, Any]:
 def save_frame(message: Any, folder: Path) -> Path:
     """Write a frame message as ``<stream>_<frame:06d>.png`` in ``folder``; return the path.
 
+    :func:`streamimg.sinks.files.save_frame_message` (the ``to_files`` sink's code): 8-
+    and 16-bit frames, grey, RGB(A) or BGR(A), written whole.
+
     Raises
     ------
     ValueError
-        If the record is not a valid frame message, or its frame is not uint8 RGB/BGR/grey
-        (PNG here takes 8-bit pictures only); the message says which.
+        If the record is not a valid frame message, or its frame is not a picture PNG
+        stores (float, HSV, ...); the message says which.
     """
-    from streamimg.analytics.annotate import encode_image
+    from streamimg.sinks.files import save_frame_message
 
-    header = parse_header(message.headers())
-    frame = decode_payload(header, message.value())
-    if header.dtype != "uint8" or header.channels not in (1, 3):
-        raise ValueError(f"a {header.dtype} frame with {header.channels} channels "
-                         f"({header.order}) cannot be saved as an 8-bit PNG")
-    rgb = frame if header.order != "BGR" else frame[:, :, ::-1]
-    path = folder / f"{header.stream}_{header.frame:06d}.png"
-    path.write_bytes(encode_image(rgb if rgb.shape[2] != 1 else rgb[:, :, 0], "png"))
-    return path
+    return Path(save_frame_message(message, folder))

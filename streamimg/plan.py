@@ -273,7 +273,9 @@ class SinkSpec:
     None for ``analytics`` sinks, whose builder gets ``values=`` (every value of
     ``plan`` for the frame) and ``timings=`` (ms per stage) instead. Records
     are ``(key, value, headers)`` for ``topic``. ``timing`` labels the
-    builder's ms (None: not timed).
+    builder's ms (None: not timed). An ``external`` sink writes outside Kafka
+    (files) and returns no records; it runs after a frame's Kafka sinks, so a
+    frame that fails in one of those leaves no file.
     """
 
     topic: str
@@ -282,6 +284,7 @@ class SinkSpec:
     plan: Plan
     analytics: bool = False
     timing: str | None = None
+    external: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,15 @@ class Program:
     def topics(self) -> list[str]:
         """Output topics in sink order."""
         return [s.topic for s in self.sinks]
+
+    def sink_order(self, sinks: list[int] | None = None) -> list[int]:
+        """Sink indices in the order a frame's records are built.
+
+        Frame sinks, then analytics sinks (their records carry the frame sinks'
+        timings), then external sinks (files).
+        """
+        return sorted(range(len(self.sinks)) if sinks is None else sinks,
+                      key=lambda s: (self.sinks[s].external, self.sinks[s].analytics))
 
     @property
     def stateful(self) -> list[StateOp]:

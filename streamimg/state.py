@@ -150,7 +150,7 @@ def run_state(token: str, blob: bytes, previous: dict[int, bytes] | StateResult,
         if i in pending:
             streams.setdefault((info.partition, info.header.stream), []).append(i)
     failures: dict[int, tuple[str, str]] = {}
-    deferred = [s for s in range(len(program.sinks)) if program.deferred(s)]
+    deferred = program.sink_order([s for s in range(len(program.sinks)) if program.deferred(s)])
     records: dict[int, list[list[Record]]] = {s: [[] for _ in frames] for s in deferred}
 
     def build(i: int, values: dict[str, Any], timings: dict[str, float]) -> None:

@@ -278,9 +278,10 @@ class KafkaSink(Stream):
 
     def __init__(self, upstream: Stream, topic: str, builder: Callable[..., list],
                  analytics: bool = False, timing: str | None = None, ordered: bool = False,
-                 **kwargs: Any):
+                 external: bool = False, **kwargs: Any):
         self.topic, self.builder, self.analytics = topic, builder, analytics
         self.timing, self.kwargs, self.ordered = timing, kwargs, ordered
+        self.external = external
         super().__init__(upstream, stream_name=f"to {topic}")
 
     def update(self, x: Plan, who: Any = None, metadata: Any = None) -> list:
@@ -289,7 +290,8 @@ class KafkaSink(Stream):
         An ``ordered`` sink's builder also gets ``order=``, the plan's channel order.
         """
         kwargs = {**self.kwargs, "order": x.order} if self.ordered else self.kwargs
-        spec = SinkSpec(self.topic, self.builder, kwargs, x, self.analytics, self.timing)
+        spec = SinkSpec(self.topic, self.builder, kwargs, x, self.analytics, self.timing,
+                        self.external)
         return [spec, *self._emit(x, metadata=metadata)]
 
 
@@ -332,6 +334,51 @@ def to_kafka_frames(stream: Stream, encoding: str = "jpeg", topic: str | None = 
     topic = topic or topology_of(stream).frames_topic
     return _sink(stream, topic, frame_records, timing="encode", ordered=True, encoding=encoding,
                  jpeg_quality=jpeg_quality)
+
+
+@_register
+def to_files(stream: Stream, template: str, format: str | None = None, quality: int = 90,
+             storage_options: dict | None = None) -> Stream:
+    """Sink: each processed frame as an image file, through fsspec (no Kafka records).
+
+    See :mod:`streamimg.sinks.files`: ``template`` is a path or URL with fields
+    ``{stream}``, ``{frame}``, ``{timestamp_ms}``, ``{topic}``, ``{partition}``,
+    ``{offset}`` (e.g. ``"out/{stream}/{frame:06d}.png"``, ``"s3://bucket/{stream}/..."``);
+    each file is written whole (temporary name, then rename), and a frame redone after a
+    crash overwrites it: effectively exactly-once. PNG and TIFF keep 16-bit frames.
+
+    Parameters
+    ----------
+    stream : streamz.Stream
+        The upstream node (``self`` when called as a method).
+    template : str
+        Path or fsspec URL of each frame's file, with the fields above.
+    format : {"png", "jpeg", "tiff", "webp"}, optional
+        The template's suffix decides when omitted.
+    quality : int
+        JPEG/WebP quality, 1-100.
+    storage_options : dict, optional
+        Passed to fsspec (credentials, endpoint).
+
+    Raises
+    ------
+    TopologyError
+        For an unknown format or field, a template without ``{stream}`` or ``{frame}``,
+        or (when the topology compiles) frames the format cannot store.
+    """
+    from streamimg.sinks.files import check_template, file_records, format_of
+
+    try:
+        check_template(template)
+        format = format_of(template, format)
+    except ValueError as exc:
+        raise TopologyError(f"to_files: {exc}") from None
+    if not 1 <= quality <= 100:
+        raise TopologyError(f"to_files: quality must be in [1, 100], got {quality!r}")
+    node = KafkaSink(stream, "", file_records, timing="write", ordered=True, external=True,
+                     template=template, format=format, quality=quality,
+                     storage_options=storage_options)
+    return topology_of(stream).add_sink(node, None)
 
 
 @_register

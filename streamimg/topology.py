@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import runpy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -172,9 +173,13 @@ class Topology:
             return PixelAssembler(self.pixels, b.max_frames, b.max_wait_ms)
         return MessageBatcher(b.max_frames, b.max_wait_ms, max_record_bytes=max_record_bytes)
 
-    def add_sink(self, node: Stream, topic: str) -> Stream:
-        """Keep sink ``node`` alive and record that it writes ``topic``; return ``node``."""
-        self.add_output(topic)
+    def add_sink(self, node: Stream, topic: str | None) -> Stream:
+        """Keep sink ``node`` alive and record that it writes ``topic``; return ``node``.
+
+        ``topic`` is None for a sink that writes no topic (files).
+        """
+        if topic is not None:
+            self.add_output(topic)
         self._sinks.append(node)
         return node
 
@@ -235,7 +240,11 @@ class Topology:
         """
         if self._checked is not None:
             return self._checked
-        program = self.compile()
+        checked = self.compile()
+        # External sinks (files) encode but write nothing here: a check has no side effects.
+        program = Program(checked.name, tuple(
+            replace(s, kwargs={**s.kwargs, "dry_run": True}) if s.external else s
+            for s in checked.sinks), checked.max_state_bytes)
         rng = np.random.default_rng(0)
         if self.frame_dtype.kind == "f":
             frame = rng.uniform(0, 255, self.frame_shape).astype(self.frame_dtype)
@@ -259,8 +268,8 @@ class Topology:
                 f"topology {self.name!r} fails on a synthetic {h}x{w}x{c} {self.frame_dtype} "
                 f"frame at {stage}: {reason} (declare frame_shape/frame_dtype in Topology(...) "
                 "if the input differs)")
-        self._checked = program
-        return program
+        self._checked = checked
+        return checked
 
     def nodes(self) -> list[Stream]:
         """Every streamz node of the pipeline, source first."""

@@ -286,8 +286,7 @@ def run_program(rt: _Runtime | Program, frames: list, payloads: list, decode: An
     program = rt.program
     sinks = program.sinks
     per_sink: list[list[list[Record]]] = [[[] for _ in range(n)] for _ in sinks]
-    # Frame sinks first, analytics last: analytics records carry every stage's timing.
-    order = sorted(range(len(sinks)), key=lambda s: sinks[s].analytics)
+    order = program.sink_order()
     handed: dict[str, Any] = {}  # values the state task needs: name -> ValueOp
     for s in order:
         sink = sinks[s]
