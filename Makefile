@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint docs browser postgres demo bench bench-peers chaos soak clean
+.PHONY: install test lint docs browser postgres kcat java rtsp demo bench bench-peers chaos soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,27 @@ postgres:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    postgresql >/dev/null; } || echo "postgresql not installable: its tests will skip"
 
-test: lint docs browser postgres
+# The interop test reads and writes frame messages with kcat (C, librdkafka; no Python).
+kcat:
+	@command -v kcat >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } || \
+	  echo "kcat not installable: its test will skip"
+
+# tests/test_spark_images.py compares read_images with pyspark's image source on Debian's JRE
+# (skipped, with the reason, without one).
+java:
+	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq openjdk-17-jre-headless >/dev/null; } || \
+	  echo "openjdk-17-jre-headless not installable: tests/test_spark_images.py will skip"
+
+# tests/test_live_sources.py pulls from a real RTSP server: Debian's rtsp-server-perl, a
+# relay PyAV pushes a clip to (skipped, with the reason, without it).
+rtsp:
+	@command -v rtsp-server-perl >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rtsp-server-perl >/dev/null; } || \
+	  echo "rtsp-server-perl not installable: the RTSP test will skip"
+
+test: lint docs browser postgres kcat java rtsp
 	$(BIN)/pytest -q --durations=15
 
 chaos: $(STAMP)

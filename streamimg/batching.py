@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from streamimg.codecs.frame import FrameDecodeError, FrameHeader, decode_payload, parse_header
+from streamimg.codecs.gap import Gap, decode_gap, is_gap
 from streamimg.worker import decode_block
 
 
@@ -65,6 +66,17 @@ class DeadLetter:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class GapInfo:
+    """A gap record read in a batch: where it came from and the captures its stream lost."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    gap: Gap
+
+
 @dataclass
 class Batch:
     """What a batcher hands the daemon: one batch of frames read from Kafka.
@@ -75,7 +87,8 @@ class Batch:
     ``states`` maps an input partition to the batcher state committed with the
     batch (pixel assembly), or is empty. ``original(i)`` gives frame i's input
     as ``(key, value, headers)``, dead-lettered whole if the frame fails (built
-    only then).
+    only then). ``gaps`` are the batch's gap records (a live source's lost captures,
+    :mod:`streamimg.codecs.gap`): no frames, but an analytics record each.
     """
 
     frames: list[FrameInfo]
@@ -85,6 +98,7 @@ class Batch:
     decode: Callable[[Any, FrameHeader], np.ndarray] = decode_block
     states: dict[int, bytes] = field(default_factory=dict)
     original: Callable[[int], tuple[bytes | None, bytes | None, list]] = lambda i: (None, None, [])
+    gaps: list[GapInfo] = field(default_factory=list)
 
 
 class MessageBatcher:
@@ -152,6 +166,10 @@ class MessageBatcher:
                     "dead-lettered by reference (value not copied)"))
                 continue
             try:
+                if is_gap(headers):
+                    taken.gaps.append(GapInfo(m.topic(), m.partition(), m.offset(), m.key(),
+                                              decode_gap(m.key(), headers)))
+                    continue
                 header = parse_header(headers)
                 if m.value() is None:
                     raise FrameDecodeError("payload", "null value")

@@ -13,9 +13,10 @@ debug logging (librdkafka's own lines included)::
     130  interrupted: produce stopped by Ctrl-C after delivering what it had read
 
 Commands that talk to Kafka check that a broker answers before anything else (before
-a Dask cluster starts or an input is read past its first frame). ``produce`` skips
-unreadable images of a folder with a warning line each, lists them as ``skipped`` in
-its summary and still exits 0: every readable frame was delivered.
+a Dask cluster starts or an input is read past its first frame). ``produce`` publishes
+an unreadable image of a folder as a failed frame record (the daemon dead-letters it
+with the reason), with a warning line each, lists them as ``failed`` in its summary and
+still exits 0; with ``--drop-failures`` it skips them, listed as ``skipped``.
 
 Options also come from a TOML file (``--config``) and ``STREAMIMG_*`` environment
 variables; a flag beats a variable, which beats the file (see :mod:`streamimg.settings`).
@@ -31,10 +32,9 @@ import signal
 import sys
 import threading
 import time
-from itertools import chain
 from pathlib import Path
 
-from streamimg.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError, error_line
+from streamimg.errors import EXIT_FAILED, CommandError, error_line
 
 # Heavy modules (numpy, dask, distributed, cv2, confluent_kafka) are imported inside the
 # commands: `streamimg --help` must start in well under a second.
@@ -73,81 +73,10 @@ def cmd_broker(args) -> int:
 
 
 def cmd_produce(args) -> int:
-    """Publish a video file or a folder of images as frame messages.
+    """Publish a video, an image folder or cameras (:func:`streamimg.cli_produce.cmd_produce`)."""
+    from streamimg.cli_produce import cmd_produce as produce
 
-    Checks, in order: the source exists and its first frame decodes (exit 2), the broker
-    answers (exit 4). Ctrl-C stops reading; what was read is delivered and summarised
-    (exit 130); a second Ctrl-C exits at once.
-    """
-    from streamimg.config import check_topic
-
-    kafka = _kafka(args)
-    check_topic(args.topic)
-    source = Path(args.source)
-    if not source.exists():
-        raise CommandError(f"no such file or folder: {source}",
-                           "give a video file or a folder of images")
-    from streamimg.admin import ensure_topics
-    from streamimg.progress import progress_bar
-    from streamimg.sources.images import image_frames
-    from streamimg.sources.video import count_frames, produce_frames, read_video
-
-    skipped: list[str] = []
-
-    def skip(path: Path, reason: str) -> None:
-        skipped.append(path.name)
-        print(f"streamimg produce: skipping {path}: not a readable image ({reason})",
-              file=sys.stderr, flush=True)
-
-    frames = (image_frames(source, frame_step=args.frame_step, limit=args.limit, on_skip=skip)
-              if source.is_dir() else
-              read_video(source, frame_step=args.frame_step, limit=args.limit, loop=args.loop))
-    try:
-        first = next(frames, None)  # before connecting: a text file given as video fails here
-    except ValueError as exc:
-        raise CommandError(str(exc), "give a video file FFmpeg can read, or a folder of "
-                                     "images") from None
-    if first is None:
-        raise CommandError(f"{source} has no frames to publish",
-                           "give a folder with .png/.jpg/... images, or a video")
-    _connect(args, kafka)
-    ensure_topics(kafka, [args.topic], args.partitions)
-    try:  # only for the bar: the header's count (or an estimate), or None
-        total = count_frames(source, frame_step=args.frame_step, loop=args.loop,
-                             limit=args.limit)
-    except (OSError, ValueError):
-        total = None
-    progress = progress_bar("frames")
-    interrupted = threading.Event()
-
-    def on_sigint(signum, frame):
-        if interrupted.is_set():
-            print("streamimg produce: second Ctrl-C, exiting now; frames still queued are "
-                  "not delivered", file=sys.stderr, flush=True)
-            if progress.console.is_terminal:
-                sys.__stderr__.write("\x1b[?25h\n")  # the live bar hid the cursor
-                sys.__stderr__.flush()
-            os._exit(EXIT_INTERRUPTED)
-        interrupted.set()
-        print("streamimg produce: interrupted; delivering the frames read so far "
-              "(Ctrl-C again to drop them)", file=sys.stderr, flush=True)
-
-    signal.signal(signal.SIGINT, on_sigint)
-    sent = 0
-
-    def advance(_frame) -> None:
-        nonlocal sent
-        sent += 1
-        progress.advance(task)
-
-    with progress:
-        task = progress.add_task(f"producing {source.name} -> {args.topic}", total=total)
-        ends = produce_frames(kafka, args.topic, chain([first], frames),
-                              stream=args.stream or source.stem, encoding=args.encoding,
-                              on_frame=advance, stop=interrupted.is_set)
-    print(json.dumps({"topic": args.topic, "end_offsets": ends, "frames": sent,
-                      "skipped": skipped, "interrupted": interrupted.is_set()}), flush=True)
-    return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_OK
+    return produce(args)
 
 
 def cmd_produce_pixels(args) -> int:
@@ -345,9 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = command("broker", "run the embedded Kafka-compatible broker", cmd_broker)
     b.add_argument("--port", type=int, default=9092, help="loopback port to listen on")
 
-    pr = command("produce", "publish a video file or image folder as frames", cmd_produce,
-                 True)
-    pr.add_argument("source", help="video file (any FFmpeg format) or folder of images")
+    pr = command("produce", "publish a video file, an image folder or live cameras as frames",
+                 cmd_produce, True)
+    pr.add_argument("source", nargs="?",
+                    help="video file or URL (any FFmpeg format), folder of images (a local "
+                         "path or an fsspec URL: file://, memory://, s3://...), or a live "
+                         "source (rtsp://, rtmp://, srt://, udp://...)")
     pr.add_argument("--topic", required=True, help="topic to publish to (created if missing)")
     pr.add_argument("--stream", help="stream id (record key); the file name when omitted")
     pr.add_argument("--frame-step", type=int, default=1, help="keep every N-th frame")
@@ -356,6 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--encoding", choices=["raw", "png", "jpeg"], default="raw",
                     help="frame payload encoding")
     pr.add_argument("--partitions", type=int, default=1, help="when creating the topic")
+    pr.add_argument("--recursive", action="store_true",
+                    help="folder: also the images of sub-folders (relative path order)")
+    pr.add_argument("--sample-ratio", type=float, default=1.0, metavar="R",
+                    help="folder: keep each file with probability R in (0, 1], fixed by "
+                         "--seed and its relative path")
+    pr.add_argument("--seed", type=int, default=0, help="folder: seed of --sample-ratio")
+    pr.add_argument("--drop-failures", action="store_true",
+                    help="folder: skip files that cannot be decoded (listed as skipped) "
+                         "instead of publishing them as failed frame records")
+    pr.add_argument("--webcam", type=int, metavar="N", help="live: read /dev/videoN (V4L2)")
+    pr.add_argument("--camera", action="append", metavar="ID=URL",
+                    help="live: one more camera, its stream id and URL (repeatable; each "
+                         "reconnects on its own)")
+    pr.add_argument("--reconnect", action="store_true",
+                    help="read the source as live (e.g. an http(s) MPEG-TS, MJPEG or live "
+                         "HLS stream): reconnect with backoff, gap records for outages")
+    pr.add_argument("--fps", type=float, help="live: keep at most this many frames a second")
+    pr.add_argument("--max-retries", type=int, metavar="N",
+                    help="live: give up after N failed reconnects in a row (never when "
+                         "omitted)")
 
     px = command("produce-pixels", "publish an image as pixel messages", cmd_produce_pixels,
                  True)

@@ -44,6 +44,7 @@ from distributed import Client, Future, wait
 
 from streamimg.batching import Batch, DeadLetter
 from streamimg.plan import Program
+from streamimg.sinks.records import gap_record, lineage_headers
 from streamimg.state import StateError, StateResult, pending_of, run_state, with_partition
 from streamimg.worker import HANDOFF, ChunkResult, run_chunk, run_local_chunk
 
@@ -323,6 +324,12 @@ class Dispatcher:
             for i, recs in enumerate(per_frame[s]):
                 if i not in failed:
                     records.extend((topic, k, v, h) for k, v, h in recs)
+        for g in b.gaps:  # every analytics topic says what a live stream lost
+            key, value, headers = gap_record(g)
+            lineage = lineage_headers(g.topic, g.partition, g.offset, self.run)
+            records.extend((topic, key, value, [*headers, *lineage])
+                           for topic in sorted({s.topic for s in self.program.sinks
+                                                if s.analytics}))
         dead = list(b.dead)
         for i, stage, reason in failures:
             info, (key, value, headers) = b.frames[i], b.original(i)

@@ -145,7 +145,9 @@ def test_produce_refuses_missing_and_non_video_inputs_before_creating_the_topic(
     assert partitions_of(kafka, topic) == []
 
 
-def test_produce_skips_a_corrupt_image_and_delivers_the_good_ones(kafka, uid, tmp_path):
+def test_produce_drops_a_corrupt_image_and_delivers_the_good_ones(kafka, uid, tmp_path):
+    """With --drop-failures a corrupt file is skipped, said on stderr and in the summary
+    (without it, it becomes a failed frame record: tests/test_produce_sources.py)."""
     rng = np.random.default_rng(9)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -158,7 +160,7 @@ def test_produce_skips_a_corrupt_image_and_delivers_the_good_ones(kafka, uid, tm
         Image.fromarray(images[i]).save(folder / f"img_{i}.png")
     topic = f"corrupt-{uid}"
     done = streamimg("produce", str(folder), "--topic", topic, "--bootstrap", kafka.bootstrap,
-                     "--stream", "cam", "--encoding", "png")
+                     "--stream", "cam", "--encoding", "png", "--drop-failures")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     warnings = [x for x in done.stderr.splitlines() if x.startswith("streamimg produce:")]

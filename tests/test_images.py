@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 # name -> (height, width, nChannels, mode) that OpenCV gives; None: Spark's failed row.
 EXPECTED = {"grey8.png": (5, 7, 1, 0), "rgb8.png": (5, 7, 3, 16), "rgba8.png": (5, 7, 4, 24),
             "grey16.png": (6, 3, 1, 2), "rgb16.png": (6, 3, 3, 18), "photo.jpg": (16, 24, 3, 16),
-            "corrupt.png": None, "notes.txt": None, "empty.png": None}
+            "corrupt.png": None, "notes.txt": None}  # an empty file gives no row (Spark skips it)
 NESTED = {"sub/rgba16.tif": (4, 5, 4, 26), "sub/deeper/grey8b.png": (5, 7, 1, 0)}
 FAILED = (-1, -1, -1, -1)
 
@@ -89,7 +89,7 @@ def check_rows(rows, root: Path, expected: dict, origin_of) -> None:
 def test_local_folder_every_field_against_opencv(folder):
     df = read_images(str(folder))
     rows = df.compute()
-    check_rows(rows, folder, EXPECTED, lambda name: f"file:{folder / name}")
+    check_rows(rows, folder, EXPECTED, lambda name: f"file://{folder / name}")
     assert list(rows.index) == list(range(len(EXPECTED)))
     bgr = cv2.imread(str(folder / "rgb8.png"), cv2.IMREAD_UNCHANGED)  # OpenCV's own order
     assert rows.loc[rows.origin.str.endswith("rgb8.png"), "data"].iloc[0] == bgr.tobytes()
@@ -98,7 +98,7 @@ def test_local_folder_every_field_against_opencv(folder):
     assert again.npartitions == 4
     assert again.compute().equals(rows)
     one = read_images(str(folder / "rgba8.png")).compute()  # a single file
-    check_rows(one, folder, {"rgba8.png": EXPECTED["rgba8.png"]}, lambda n: f"file:{folder / n}")
+    check_rows(one, folder, {"rgba8.png": EXPECTED["rgba8.png"]}, lambda n: f"file://{folder / n}")
     globbed = read_images(str(folder / "*8.png")).compute()
     assert [o.rsplit("/", 1)[1] for o in globbed.origin] == ["grey8.png", "rgb8.png",
                                                              "rgba8.png"]
@@ -107,10 +107,10 @@ def test_local_folder_every_field_against_opencv(folder):
 def test_recursive_and_dropping_failures(folder):
     everything = {**EXPECTED, **NESTED}
     rows = read_images(str(folder), recursive=True, npartitions=3).compute()
-    check_rows(rows, folder, everything, lambda name: f"file:{folder / name}")
+    check_rows(rows, folder, everything, lambda name: f"file://{folder / name}")
     kept = read_images(str(folder), recursive=True, drop_image_failures=True).compute()
     good = {k: v for k, v in everything.items() if v is not None}
-    check_rows(kept, folder, good, lambda name: f"file:{folder / name}")
+    check_rows(kept, folder, good, lambda name: f"file://{folder / name}")
     # a dropped failure leaves a gap in the index, which counts files
     assert list(kept.index) == [i for i, k in enumerate(sorted(everything)) if k in good]
     none = read_images(str(folder / "notes.txt"), drop_image_failures=True).compute()
@@ -122,7 +122,7 @@ def test_origin_is_a_percent_encoded_url(tmp_path):
     odd.mkdir()
     assert cv2.imwrite(str(odd / "x%y.png"), np.zeros((2, 2), np.uint8))
     rows = read_images(str(odd)).compute()
-    assert list(rows.origin) == [f"file:{tmp_path}/a%20b%23c/x%25y.png"]
+    assert list(rows.origin) == [f"file://{tmp_path}/a%20b%23c/x%25y.png"]
 
 
 def test_memory_filesystem(folder):
@@ -234,7 +234,7 @@ def test_rows_read_convert_like_opencv_and_back(folder):
             with pytest.raises(ValueError, match=re.escape(row["origin"])):
                 image_to_array(row)
             continue
-        image = opencv(Path(row["origin"][len("file:"):]))
+        image = opencv(Path(row["origin"][len("file://"):]))
         rgb = image_to_array(row, "RGB")
         if image.ndim == 3:
             code = cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA

@@ -15,8 +15,17 @@ Layout (documented in the README):
   ``cv2.cvtColor`` gives them after ``convert_color``; Spark's image source and
   OpenCV use BGR, so the order is always stated).
 
+A *failed frame* record stands for a frame the producer could not read (a
+corrupt file of an image folder): same key, an empty value, and only the
+headers ``streamimg.schema``, ``streamimg.stream``, ``streamimg.frame``,
+``streamimg.ts``, ``streamimg.origin`` (the file's URL) and ``streamimg.error``
+(the producer's reason); see :func:`encode_failed_frame`. It keeps the frame's
+place in its stream, so the failure reaches the dead-letter topic instead of
+leaving an unexplained gap.
+
 Decoding validates every header against the payload and raises
-:class:`FrameDecodeError` naming the field. The raw path decodes without
+:class:`FrameDecodeError` naming the field (``streamimg.error``, with the
+producer's reason, for a failed frame). The raw path decodes without
 copying (a read-only view on the message bytes).
 """
 
@@ -37,6 +46,7 @@ DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64")
 # What each compressed encoding can carry losslessly (PNG: 8/16-bit; JPEG: 8-bit, no alpha).
 ENCODABLE = {"png": {"uint8", "uint16"}, "jpeg": {"uint8"}}
 MAX_SIDE = 1 << 16  # pixels; PNG and JPEG cannot exceed it and raw frames that large are a bug
+ERROR, ORIGIN = PREFIX + "error", PREFIX + "origin"  # headers of a failed frame record
 
 
 class FrameDecodeError(ValueError):
@@ -136,9 +146,16 @@ def parse_header(headers: Iterable[tuple[str, bytes | None]] | None) -> FrameHea
     FrameDecodeError
         Naming the header that is missing, duplicated, not a number, out of
         range, unknown (encoding, dtype, order) or inconsistent (channels
-        against order, dtype against encoding).
+        against order, dtype against encoding); ``streamimg.error``, with the
+        producer's reason and the file's origin, for a failed frame record
+        (:func:`encode_failed_frame`).
     """
     h = _header_dict(headers)
+    if ERROR in h:  # checked first: a failed frame has no size headers to complain about
+        origin = h.get(ORIGIN, b"").decode("utf-8", "replace")
+        raise FrameDecodeError(ERROR, "the producer could not read this frame"
+                               + (f" ({origin})" if origin else "") + ": "
+                               + h[ERROR].decode("utf-8", "replace"))
     version = _int(h, "schema", 0, 1 << 31)
     if version != SCHEMA_VERSION:
         raise FrameDecodeError(PREFIX + "schema", f"version {version} unsupported (want 1)")
@@ -205,8 +222,19 @@ def decode_payload(header: FrameHeader, payload: bytes | memoryview) -> np.ndarr
             f"say {header.shape} {header.dtype}")
     # OpenCV decodes to BGR(A); files store RGB(A). Convert to the declared order.
     if header.order in ("RGB", "RGBA"):
-        image = image[:, :, [2, 1, 0, 3][: header.channels]]
+        image = swap_red_blue(image)
     return np.ascontiguousarray(image)
+
+
+def swap_red_blue(image: np.ndarray) -> np.ndarray:
+    """RGB(A) <-> BGR(A) of an (h, w, 3|4) uint8/uint16/float32 image, as a new array.
+
+    ``cv2.cvtColor``: 0.13 ms for a 1280x720x3 uint8 frame against 14.5 ms for NumPy's
+    fancy index ``image[:, :, [2, 1, 0]]`` and 6.2 ms for ``image[:, :, ::-1]`` made
+    contiguous (measured on this 2-core machine, 2026-12-02); the decode of every PNG or
+    JPEG frame pays it.
+    """
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
 
 
 def encode_frame(
@@ -267,7 +295,7 @@ def encode_frame(
         value = np.ascontiguousarray(arr).tobytes()
     else:
         if order in ("RGB", "RGBA"):
-            arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+            arr = swap_red_blue(arr)
         params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if encoding == "jpeg" else [
             cv2.IMWRITE_PNG_COMPRESSION, 1]  # level 1: 3-4x faster than 3, ~10% larger
         ok, buf = cv2.imencode("." + encoding, np.ascontiguousarray(arr), params)
@@ -275,3 +303,49 @@ def encode_frame(
             raise ValueError(f"OpenCV could not encode a {arr.shape} {arr.dtype} {encoding}")
         value = buf.tobytes()
     return value, header.to_headers()
+
+
+def encode_failed_frame(
+    *,
+    stream: str,
+    index: int,
+    origin: str,
+    error: str,
+    timestamp_ms: int | None = None,
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Encode a *failed frame* record: a frame the producer could not read.
+
+    Parameters
+    ----------
+    stream, index : str, int
+        Stream id (the record key) and the frame's index (>= 0) in its stream.
+    origin : str
+        Where the frame came from, e.g. the file URL ``file:///data/img_2.png``.
+    error : str
+        Why it could not be read, e.g. ``"cannot decode image: ..."``.
+    timestamp_ms : int, optional
+        Capture time in ms since the epoch (the file's modification time); now when None.
+
+    Returns
+    -------
+    (value, headers)
+        An empty value (``b""``) and the headers ``streamimg.schema``, ``streamimg.stream``,
+        ``streamimg.frame``, ``streamimg.ts``, ``streamimg.origin`` and ``streamimg.error``,
+        UTF-8, no size headers; the key is ``stream.encode()``. :func:`parse_header` refuses
+        it with :class:`FrameDecodeError` on ``streamimg.error`` (the daemon dead-letters it).
+
+    Raises
+    ------
+    ValueError
+        If ``stream`` or ``error`` is empty, or ``index``/``timestamp_ms`` is negative.
+    """
+    ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+    if not stream or not error:
+        raise ValueError(f"a failed frame needs a stream id and an error, got stream={stream!r}, "
+                         f"error={error!r}")
+    if int(index) < 0 or ts < 0:
+        raise ValueError(f"a failed frame's index ({index}) and timestamp_ms ({ts}) must be "
+                         ">= 0")
+    fields = {"schema": SCHEMA_VERSION, "stream": stream, "frame": int(index), "ts": ts,
+              "origin": origin, "error": error}
+    return b"", [(PREFIX + k, str(v).encode()) for k, v in fields.items()]

@@ -48,6 +48,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from streamimg.admin import connect, require_topics
 from streamimg.codecs.frame import FrameDecodeError
+from streamimg.codecs.gap import is_gap
 from streamimg.config import ConfigError, KafkaConfig, check_topic, kafka_config
 from streamimg.faults import crash_point
 from streamimg.results.images import ImageStore, image_name, to_jpeg
@@ -96,6 +97,7 @@ class SinkStats:
     statuses: int = 0  # status records stored
     dead_letters: int = 0  # the topology's dead letters counted
     rejects: int = 0  # malformed records
+    gaps: int = 0  # gap records (a live stream's lost captures), logged, not stored
     images_ms: float = 0.0  # reading records, decoding, encoding and writing images
     apply_ms: float = 0.0  # database transactions
 
@@ -262,7 +264,10 @@ class ResultsSink:
             tp = (m.topic(), m.partition())
             positions[tp] = max(positions.get(tp, 0), m.offset() + 1)
             try:
-                if m.topic() == self.analytics_topic:
+                if m.topic() == self.analytics_topic and is_gap(m.headers()):
+                    log.info("%s: %s", m.topic(), m.value().decode(errors="replace"))
+                    self.stats.gaps += 1
+                elif m.topic() == self.analytics_topic:
                     rows.append(analytics_row(m, self.topology))
                 elif m.topic() == self.frames_topic:
                     images.append(self._image(m))

@@ -20,7 +20,7 @@ from streamimg.codecs.frame import encode_frame
 from streamimg.codecs.pixel import frame_to_pixels
 
 if TYPE_CHECKING:
-    from streamimg.batching import DeadLetter, FrameInfo
+    from streamimg.batching import DeadLetter, FrameInfo, GapInfo
 
 ANALYTICS_SCHEMA = 1
 Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
@@ -151,6 +151,28 @@ def analytics_record(info: FrameInfo, values: dict[str, Any],
                                ("streamimg.schema", b"1"),
                                ("streamimg.timings_ms",
                                 json.dumps(ms, separators=(",", ":")).encode())])]
+
+
+def gap_record(g: GapInfo) -> Record:
+    """The analytics record of a gap record (a live source's lost captures).
+
+    UTF-8 JSON, schema ``1``, with ``gap`` instead of ``frame``::
+
+        {"schema": 1, "stream": str, "gap": {"first_missing_ms": int,
+         "last_missing_ms": int, "frames": int | null},
+         "source": {"topic", "partition", "offset"}}
+
+    and the header ``streamimg.gap`` = ``1``, so a consumer tells it from a frame's
+    record without parsing; the daemon adds lineage headers. Built on the daemon (a few
+    bytes, no pixels), in the transaction of the batch that read the gap.
+    """
+    body = {"schema": ANALYTICS_SCHEMA, "stream": g.gap.stream,
+            "gap": {"first_missing_ms": g.gap.first_missing_ms,
+                    "last_missing_ms": g.gap.last_missing_ms, "frames": g.gap.frames},
+            "source": {"topic": g.topic, "partition": g.partition, "offset": g.offset}}
+    return (g.key, json.dumps(body, separators=(",", ":")).encode(),
+            [("content-type", b"application/json"), ("streamimg.schema", b"1"),
+             ("streamimg.gap", b"1")])
 
 
 def analytics_records(frame: None, info: FrameInfo, *, values: dict[str, Any],

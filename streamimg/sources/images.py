@@ -5,20 +5,27 @@ lazy Dask DataFrame with the fields of ``pyspark.ml.image.ImageSchema.columnSche
 :func:`image_to_array`/:func:`array_to_image` convert a row (as ``ImageSchema.toNDArray``/
 ``toImage``); :func:`frames_from_images` stacks rows into the ``(n, h, w, c)`` arrays the
 operators and analytics take, so a folder is processed without Kafka. :func:`image_frames`
-is the frame generator of ``streamimg produce`` for a local folder.
+is the frame generator of ``streamimg produce`` for a folder (listed and sampled as
+:func:`read_images` does), :func:`count_images` its count.
 
 Unlike Spark's reader (``ImageSchema.decode``, Java's ImageIO), OpenCV decodes: 16-bit
 images keep 16 bits (Spark gives CV_8U for all, the low byte of a 16-bit grey sample), grey
 with alpha has 4 channels (Spark drops the alpha), WebP and other formats ImageIO lacks
-decode, and JPEG pixels may differ by a few levels between the two decoders.
+decode, and CMYK JPEGs convert to other BGR values. Everything else (8-bit PNG, palette,
+grey, YCbCr JPEG baseline or progressive, BMP, TIFF, GIF), the failed rows and the origins
+are the same as Spark 3.5's, field by field (tests/test_spark_images.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import posixpath
+import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -43,44 +50,109 @@ _DTYPES = {depth: dtype.newbyteorder("<") for dtype, depth in _DEPTHS.items()}
 _PARTITION_BYTES = 8 << 20
 
 
-def image_frames(folder: str | Path, *, frame_step: int = 1, limit: int | None = None,
-                 on_skip: Callable[[Path, str], None] | None = None) -> Iterator[SourceFrame]:
-    """Read the images of a local folder in name order, as RGB uint8 (alpha dropped, grey expanded).
+def image_frames(source: str | Path, *, recursive: bool = False, sample_ratio: float = 1.0,
+                 seed: int = 0, frame_step: int = 1, limit: int | None = None,
+                 keep_failed: bool = False,
+                 on_skip: Callable[[str, str, str], None] | None = None,
+                 storage_options: dict | None = None) -> Iterator[SourceFrame]:
+    """Read the images of a folder, local or any fsspec URL, as RGB uint8 frames.
 
-    Only files with the suffixes in ``IMAGE_SUFFIXES`` are read. A frame's ``index`` is the
-    file's position in that order (after ``frame_step``), so a skipped file leaves a gap.
-    ``on_skip(path, reason)``, when given, is called for each file that cannot be decoded,
-    and the file is skipped; without it such a file raises.
+    The folder is listed and sampled as :func:`read_images` does (hidden ``.``/``_`` names
+    skipped, ``recursive``, the seeded per-file ``sample_ratio``), then only files with a
+    suffix in ``IMAGE_SUFFIXES`` are kept, in path order (the path relative to ``source``
+    when recursive), every ``frame_step``-th of them. A frame's ``index`` is the file's
+    position in that order, so a skipped file leaves a gap. Pillow decodes: alpha dropped,
+    grey expanded, 16-bit samples cut to 8.
+
+    Parameters
+    ----------
+    source : str or Path
+        A local folder or an fsspec URL of one (``file://``, ``memory://``, ``s3://``, ...).
+    recursive, sample_ratio, seed, storage_options
+        As for :func:`read_images`.
+    frame_step : int
+        Keep every ``frame_step``-th file (1 keeps all).
+    limit : int, optional
+        Stop after this many frames yielded (failed ones included when ``keep_failed``).
+    keep_failed : bool
+        Yield a file that cannot be read or decoded as a failed frame: ``image`` None,
+        ``error`` ``"cannot decode image: ..."`` (or ``"cannot read file: ..."``).
+    on_skip : callable, optional
+        ``on_skip(path, name, reason)`` for each such file, which is then skipped: ``path``
+        local (or the URL), ``name`` relative to ``source``. Without it (and without
+        ``keep_failed``) such a file raises.
+
+    Yields
+    ------
+    SourceFrame
+        ``image`` (h, w, 3) uint8 RGB; ``timestamp_ms`` the file's modification time in ms
+        since the epoch (now when the storage records none); ``origin`` the file's URL as
+        :func:`read_images` gives it.
 
     Raises
     ------
     FileNotFoundError
-        If ``folder`` is not a directory.
+        If ``source`` is not an existing folder; the message names it.
     ValueError
-        If an image cannot be decoded (names the file) and ``on_skip`` is None.
+        If ``frame_step`` < 1, ``sample_ratio`` is not in (0, 1], both ``keep_failed`` and
+        ``on_skip`` are given, or a file cannot be decoded (naming it) and neither is.
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     from streamimg.sources.video import SourceFrame
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+    if keep_failed and on_skip is not None:
+        raise ValueError("give keep_failed or on_skip, not both")
+    fs, files = _image_files(source, recursive, sample_ratio, seed, storage_options)
     kept = 0
-    for i, p in enumerate(files[::frame_step]):
+    for i, (p, rel, info) in enumerate(files[::frame_step]):
+        origin, ts = _origin(fs, p), _mtime_ms(info)
         try:
-            with Image.open(p) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            if on_skip is None:
-                raise ValueError(f"{p}: cannot decode image: {exc}") from exc
-            on_skip(p, str(exc))
+            content = fs.cat_file(p)
+        except OSError as exc:
+            error = f"cannot read file: {exc}"
+        else:
+            try:
+                with Image.open(io.BytesIO(content)) as im:
+                    image = np.asarray(im.convert("RGB"))
+                error = None
+            except UnidentifiedImageError:  # its message names a BytesIO object's address
+                error = f"cannot decode image: not a format Pillow reads ({len(content)} bytes)"
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                error = f"cannot decode image: {exc}"
+        if error is None:
+            yield SourceFrame(i, ts, image, origin=origin)
+        elif keep_failed:
+            yield SourceFrame(i, ts, None, origin=origin, error=error)
+        elif on_skip is not None:
+            on_skip(_shown(fs, p), rel, error)
             continue
-        yield SourceFrame(i, int(p.stat().st_mtime * 1000), image)
+        else:
+            raise ValueError(f"{_shown(fs, p)}: {error}")
         kept += 1
         if limit is not None and kept >= limit:
             return
+
+
+def count_images(source: str | Path, *, recursive: bool = False, sample_ratio: float = 1.0,
+                 seed: int = 0, frame_step: int = 1, limit: int | None = None,
+                 storage_options: dict | None = None) -> int:
+    """How many frames :func:`image_frames` yields for these arguments, decodable or not.
+
+    Lists the folder (again) and reads no file: a file that fails to decode is counted.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`image_frames`.
+    """
+    if frame_step < 1:
+        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+    files = _image_files(source, recursive, sample_ratio, seed, storage_options)[1]
+    total = len(files[::frame_step])
+    return total if limit is None else max(0, min(total, limit))
 
 
 def read_images(path: str, recursive: bool = False, sample_ratio: float = 1.0,
@@ -91,7 +163,7 @@ def read_images(path: str, recursive: bool = False, sample_ratio: float = 1.0,
     The fields of ``pyspark.ml.image.ImageSchema.columnSchema`` (SPARK-21866), as columns:
 
     - ``origin`` (string): the file's URL, percent-encoded as Spark's (Hadoop's) path URI:
-      ``file:/abs/a%20b.png`` for a local file, ``s3://bucket/key``, ``memory:///key``.
+      ``file:///abs/a%20b.png`` for a local file, ``s3://bucket/key``, ``memory:///key``.
     - ``height``, ``width`` (int32): in pixels.
     - ``nChannels`` (int32): 1 (grey), 3 (BGR) or 4 (BGRA) for the usual files.
     - ``mode`` (int32): the OpenCV type number, ``depth + 8 * (nChannels - 1)``:
@@ -99,12 +171,14 @@ def read_images(path: str, recursive: bool = False, sample_ratio: float = 1.0,
     - ``data`` (bytes, ``large_binary[pyarrow]``): the pixels row by row, channels in
       OpenCV's order (B, G, R[, A]), 16-bit samples little-endian.
 
-    A file that cannot be decoded (corrupt, empty, not an image) gives Spark's invalid-image
-    row (``ImageSchema.invalidImageRow``): ``height = width = nChannels = mode = -1`` and
-    empty ``data``, unless ``drop_image_failures`` drops it (Spark's ``dropInvalid``).
-    Every file is read whatever its suffix; as in Spark (Hadoop's hidden-file filter),
-    files and folders whose name starts with ``.`` or ``_`` are skipped. Rows are in path
-    order, indexed 0, 1, ... over the sampled files (a dropped failure leaves a gap).
+    A file that cannot be decoded (corrupt, not an image) gives Spark's invalid-image row
+    (``ImageSchema.invalidImageRow``): ``height = width = nChannels = mode = -1`` and
+    empty ``data``, unless ``drop_image_failures`` drops it (Spark's ``dropInvalid``); an
+    empty file gives no row, as in Spark. Every file is read whatever its suffix; as in
+    Spark's listing, files and folders whose name starts with ``.`` or ``_`` (but not
+    ``_`` with a ``=``, nor a ``_metadata`` folder) or ends with ``._COPYING_`` are
+    skipped. Rows are in path order, indexed 0, 1, ... over the sampled non-empty files
+    (a dropped failure leaves a gap).
     Decoding is ``cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)`` (see the module notes). Files
     are read when the frame is computed, by whichever process runs the task: a
     ``memory://`` folder exists only in the process that wrote it, so compute such a frame
@@ -144,33 +218,16 @@ def read_images(path: str, recursive: bool = False, sample_ratio: float = 1.0,
         If ``sample_ratio`` is not in (0, 1] or ``npartitions`` < 1.
     """
     import dask.dataframe as dd
-    import fsspec
 
-    if not 0 < sample_ratio <= 1:
-        raise ValueError(f"sample_ratio must be in (0, 1], got {sample_ratio}")
     if npartitions is not None and npartitions < 1:
         raise ValueError(f"npartitions must be >= 1, got {npartitions}")
-    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    magic = [root.find(c) for c in "*?[" if c in root]
-    if magic:
-        base = root[:min(magic)].rpartition("/")[0]
-        found = {p: i for p, i in fs.glob(root, detail=True).items() if i["type"] == "file"}
-        if not found:
-            raise FileNotFoundError(f"no image file matches {path}")
-    elif fs.isdir(root):
-        base = root.rstrip("/")
-        found = fs.find(root, maxdepth=None if recursive else 1, detail=True)
-    elif fs.isfile(root):
-        base, found = posixpath.dirname(root), {root: fs.info(root)}
-    else:
-        raise FileNotFoundError(f"image path {path} does not exist")
-    files = []
-    for p in sorted(found):
-        rel = posixpath.relpath(p, base) if base else p.lstrip("/")
-        if any(part.startswith((".", "_")) for part in rel.split("/")):
-            continue
-        if sample_ratio == 1 or _sampled(rel, seed) < sample_ratio:
-            files.append((p, _origin(fs, p), int(found[p].get("size") or 0)))
+    fs, listed = _list_files(path, recursive, sample_ratio, seed, storage_options)
+    # An empty file gives no row at all, not a failed one: Spark's scan only plans non-empty
+    # files (PartitioningAwareFileIndex.listFiles, `isNonEmptyFile`: `f.getLen > 0`,
+    # sql/core/.../execution/datasources/PartitioningAwareFileIndex.scala; checked against
+    # pyspark 3.5 in tests/test_spark_images.py). A size the storage does not report is read.
+    files = [(p, _origin(fs, p), int(info.get("size") or 0)) for p, _, info in listed
+             if info.get("size") != 0]
     meta = _frame([])
     if not files:
         return dd.from_pandas(meta, npartitions=1)
@@ -322,11 +379,13 @@ def _frame(rows: list[tuple]):
 
 
 def _read_batch(batch: list[tuple[str, str, int]], start: int, *, fs, drop: bool):
-    """Rows of one partition: read the files (one ``cat`` call, concurrent on s3fs), decode."""
-    contents = fs.cat([p for p, _, _ in batch])
+    """Rows of one partition: read the files (one ``cat_ranges`` call, concurrent on s3fs)."""
+    # Not fs.cat(list): it expands each path as a glob, so a file named "a[1].png" (listed
+    # by find) was not found (KeyError). cat_ranges reads the paths as they are.
+    contents = fs.cat_ranges([p for p, _, _ in batch], None, None, on_error="raise")
     rows, index = [], []
-    for i, (p, origin, _) in enumerate(batch):
-        image = _decode(contents[p])
+    for i, ((_, origin, _), content) in enumerate(zip(batch, contents, strict=True)):
+        image = _decode(content)
         if image is None and drop:
             continue
         index.append(start + i)
@@ -353,16 +412,122 @@ def _decode(content: bytes) -> np.ndarray | None:
     return image if image is not None and image.dtype in _DEPTHS else None
 
 
+def _list_files(path: str | Path, recursive: bool, sample_ratio: float, seed: int,
+                storage_options: dict | None) -> tuple[object, list[tuple[str, str, dict]]]:
+    """The files :func:`read_images` reads: ``(fs, [(fs path, relative path, fsspec info)])``.
+
+    In path order; the names Spark's listing hides skipped (:func:`_spark_hides`), then
+    sampled by ``_sampled``.
+    Raises FileNotFoundError (naming ``path``) and ValueError (``sample_ratio``).
+    """
+    import fsspec
+
+    if not 0 < sample_ratio <= 1:
+        raise ValueError(f"sample_ratio must be in (0, 1], got {sample_ratio}")
+    fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    magic = [root.find(c) for c in "*?[" if c in root]
+    if magic:
+        base = root[:min(magic)].rpartition("/")[0]
+        found = {p: i for p, i in fs.glob(root, detail=True).items() if i["type"] == "file"}
+        if not found:
+            raise FileNotFoundError(f"no image file matches {path}")
+    elif fs.isdir(root):
+        base = root.rstrip("/")
+        found = fs.find(root, maxdepth=None if recursive else 1, detail=True)
+    elif fs.isfile(root):
+        base, found = posixpath.dirname(root), {root: fs.info(root)}
+    else:
+        raise FileNotFoundError(f"image path {path} does not exist")
+    files = []
+    for p in sorted(found):
+        rel = posixpath.relpath(p, base) if base else p.lstrip("/")
+        if _spark_hides(rel):
+            continue
+        if sample_ratio == 1 or _sampled(rel, seed) < sample_ratio:
+            files.append((p, rel, found[p]))
+    return fs, files
+
+
+def _image_files(source: str | Path, recursive: bool, sample_ratio: float, seed: int,
+                 storage_options: dict | None) -> tuple[object, list[tuple[str, str, dict]]]:
+    """:func:`_list_files` of a folder, only the names with an ``IMAGE_SUFFIXES`` suffix."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"image folder {source} does not exist")
+    fs, files = _list_files(source, recursive, sample_ratio, seed, storage_options)
+    return fs, [f for f in files if posixpath.splitext(f[1])[1].lower() in IMAGE_SUFFIXES]
+
+
+def _mtime_ms(info: dict) -> int:
+    """A file's modification time (ms since the epoch) from its fsspec info; now if none."""
+    t = info.get("mtime", info.get("LastModified", info.get("created")))
+    if isinstance(t, datetime):
+        t = t.timestamp()
+    try:
+        return int(float(t) * 1000)
+    except (TypeError, ValueError):
+        return int(time.time() * 1000)
+
+
+def _shown(fs, path: str) -> str:
+    """A file as messages show it: the local path, or the URL on other storage."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
 def _sampled(rel: str, seed: int) -> float:
     """A uniform number in [0, 1) fixed by the seed and the relative path (BLAKE2b)."""
     digest = hashlib.blake2b(f"{seed}\0{rel}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2.0 ** 64
 
 
+def _spark_hides(rel: str) -> bool:
+    """Whether Spark's listing leaves out the file at ``rel`` (``/``-separated, below the root).
+
+    Spark 3.5 (checked with pyspark in tests/test_spark_images.py): each listed name passes
+    ``HadoopFSUtils.shouldFilterOutPathName`` (core/.../util/HadoopFSUtils.scala): out if it
+    starts with ``.``, ends with ``._COPYING_`` or starts with ``_`` without a ``=`` (a
+    partition folder ``_k=v`` stays), except names starting with ``_metadata`` or
+    ``_common_metadata`` (so a folder ``_metadata/`` is read). A file must also be a data
+    path (``PartitioningAwareFileIndex.isDataPath``: not ``.``, not ``_`` without ``=``).
+    """
+    *folders, name = rel.split("/")
+
+    def hidden(part: str) -> bool:
+        return (part.startswith(".") or part.endswith("._COPYING_")
+                or (part.startswith("_") and "=" not in part))
+
+    return hidden(name) or any(
+        hidden(f) and not f.startswith(("_metadata", "_common_metadata")) for f in folders)
+
+
 def _origin(fs, path: str) -> str:
-    """The file URL in the form Spark gives (Hadoop's ``Path.toUri``): ``file:/abs/path``."""
-    url = quote(fs.unstrip_protocol(path), safe="/:@!$&'()*+,;=~")
-    return "file:/" + url[len("file:///"):] if url.startswith("file:///") else url
+    r"""The file URL exactly as Spark's image source gives it in ``origin``.
+
+    Spark 3.5 (``ImageFileFormat.buildReader``: ``origin = file.urlEncodedPath``, the
+    ``Path.toUri.toString`` of the listed file, a ``SparkPath``) gives a local file as
+    ``file:///abs/path``: Hadoop qualifies paths with the local filesystem's URI
+    ``file:///`` (an empty authority). (``file:/abs/path``, which this function gave before
+    issue 11, is the form of the ``path`` column of Spark's ``binaryFile`` source instead.)
+    Hadoop's ``Path`` builds the URI with ``java.net.URI``'s multi-argument constructor,
+    which percent-encodes (UTF-8) the ASCII characters outside unreserved, punct, ``/`` and
+    ``@`` (space, ``"#%<>?[\]^`{|}``, controls) and keeps non-ASCII characters as they
+    are, unless they are control or space characters (``Character.isISOControl``,
+    ``isSpaceChar``). Same rule for every storage (``s3://``, ``memory://``).
+    """
+    return "".join(_uri_char(c) for c in fs.unstrip_protocol(path))
+
+
+def _uri_char(c: str) -> str:
+    """One character of a path as ``java.net.URI`` quotes it (see :func:`_origin`)."""
+    if c < "\x80":
+        return quote(c, safe="/:@!$&'()*+,;=~")
+    if unicodedata.category(c) in ("Zs", "Zl", "Zp") or c <= "\x9f":  # space, C1 control
+        return quote(c, safe="")
+    return c
 
 
 def _partition(files: list, npartitions: int | None) -> list[list]:
@@ -408,5 +573,5 @@ def _check_order(order: str) -> None:
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
 
 
-__all__ = ["IMAGE_SUFFIXES", "array_to_image", "frames_from_images", "image_frames",
-           "image_to_array", "read_images"]
+__all__ = ["IMAGE_SUFFIXES", "array_to_image", "count_images", "frames_from_images",
+           "image_frames", "image_to_array", "read_images"]

@@ -1,7 +1,8 @@
 """Frames from video files (PyAV, FFmpeg inside the wheel), and a producer.
 
 This is the ingestion side: it reads frames on the machine that has the
-video and publishes them as frame messages (``streamimg.codecs.frame``).
+video and publishes them as frame messages (``streamimg.codecs.frame``), and the
+gaps of live sources (``streamimg.sources.live``) as gap records (``streamimg.codecs.gap``).
 Image folders are read by ``streamimg.sources.images``.
 """
 
@@ -18,17 +19,26 @@ import numpy as np
 from confluent_kafka import Producer
 
 from streamimg.admin import produce
-from streamimg.codecs.frame import encode_frame
+from streamimg.codecs.frame import encode_failed_frame, encode_frame
+from streamimg.codecs.gap import Gap, encode_gap
 from streamimg.config import KafkaConfig
 
 
 @dataclass(frozen=True, slots=True)
 class SourceFrame:
-    """One decoded frame: ``image`` (h, w, 3) uint8 RGB; ``timestamp_ms`` since the epoch."""
+    """One decoded frame: ``image`` (h, w, 3) uint8 RGB; ``timestamp_ms`` since the epoch.
+
+    ``origin`` is the file's URL (image folders); a frame that could not be read has
+    ``image`` None and the reason in ``error`` (published as a failed frame record).
+    ``stream`` is the frame's stream id when a reader yields several streams.
+    """
 
     index: int
     timestamp_ms: int
-    image: np.ndarray
+    image: np.ndarray | None
+    origin: str | None = None
+    error: str | None = None
+    stream: str | None = None
 
 
 def read_video(path: str | Path, *, frame_step: int = 1, limit: int | None = None,
@@ -169,12 +179,18 @@ def _frames_in_video(path: Path) -> int | None:
         return round(seconds * float(stream.average_rate)) if stream.average_rate else None
 
 
-def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame], *,
-                   stream: str, encoding: str = "raw", partition: int | None = None,
+def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame | Gap], *,
+                   stream: str | None, encoding: str = "raw", partition: int | None = None,
                    on_frame: Callable[[SourceFrame], None] | None = None,
                    stop: Callable[[], bool] | None = None,
                    timeout_s: float = 60.0) -> dict[int, int]:
     """Publish frames as frame messages (key = ``stream``) with an idempotent producer.
+
+    A frame with ``error`` set goes as a failed frame record (``encode_failed_frame``), a
+    :class:`~streamimg.codecs.gap.Gap` (a live source's outage) as a gap record in its
+    place (value None, headers from ``encode_gap``; ``on_frame`` is not called for it).
+    ``stream`` names every record (key and headers) when given; when None each item
+    names its own (``.stream``, as ``streamimg.sources.live.read_many`` sets it).
 
     Every frame taken from ``frames`` is queued and then flushed, also when ``frames``
     raises (the error propagates after the flush) or when ``stop()`` (checked after each
@@ -190,6 +206,8 @@ def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame]
     ------
     RuntimeError
         If any delivery failed or did not finish within ``timeout_s``.
+    ValueError
+        If neither ``stream`` nor an item names the stream (after flushing earlier items).
     """
     producer = Producer({**kafka.producer(), "enable.idempotence": True, "acks": "all",
                          "linger.ms": 5})
@@ -204,12 +222,23 @@ def produce_frames(kafka: KafkaConfig, topic: str, frames: Iterator[SourceFrame]
 
     try:
         for f in frames:
-            value, headers = encode_frame(f.image, stream=stream, index=f.index,
-                                          timestamp_ms=f.timestamp_ms, encoding=encoding)
+            name = stream or f.stream
+            if not name:
+                raise ValueError(f"{f!r:.80} names no stream and produce_frames got none")
+            if isinstance(f, Gap):
+                value, headers = None, encode_gap(Gap(name, f.first_missing_ms,
+                                                      f.last_missing_ms, f.frames))
+            elif f.error is not None:
+                value, headers = encode_failed_frame(stream=name, index=f.index,
+                                                     origin=f.origin or "", error=f.error,
+                                                     timestamp_ms=f.timestamp_ms)
+            else:
+                value, headers = encode_frame(f.image, stream=name, index=f.index,
+                                              timestamp_ms=f.timestamp_ms, encoding=encoding)
             kwargs = {} if partition is None else {"partition": partition}
-            produce(producer, topic, value=value, key=stream.encode(), headers=headers,
+            produce(producer, topic, value=value, key=name.encode(), headers=headers,
                     on_delivery=delivered, **kwargs)
-            if on_frame:
+            if on_frame and not isinstance(f, Gap):
                 on_frame(f)
             if stop is not None and stop():
                 break
