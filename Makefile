@@ -58,9 +58,9 @@ test: lint docs browser postgres kcat java rtsp
 	$(BIN)/pytest -q --durations=15
 
 chaos: $(STAMP)
-	STREAMIMG_CHAOS=1 $(BIN)/pytest -q tests/test_faults.py tests/test_restart.py \
+	STREAMIMG_CHAOS=1 $(BIN)/pytest -q tests/test_faults.py tests/test_restart.py tests/test_state.py \
 	  tests/test_broker_restart.py tests/test_backpressure.py tests/test_fairness.py \
-	  tests/test_hostile.py
+	  tests/test_hostile.py tests/test_dashboard.py
 
 demo: $(STAMP)
 	$(BIN)/streamimg demo

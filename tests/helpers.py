@@ -93,6 +93,33 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
         time.sleep(interval_s)
 
 
+def committed_frames(kafka: KafkaConfig, group: str, topics: list[str]) -> int:
+    """Records the group has committed on ``topics`` (the sum of its committed offsets)."""
+    from streamimg.admin import committed_offsets
+
+    return sum(max(0, o) for o in committed_offsets(kafka, group, topics).values())
+
+
+def kill_between_produce_and_commit(topology: Path, kafka: KafkaConfig, cluster, log: Path,
+                                    group: str, topic: str, total: int, transaction: int) -> None:
+    """Run ``topology`` until SIGKILL strikes with transaction ``transaction``'s records
+    produced and not committed (``STREAMIMG_CRASH_AT=after_produce:N``), then run it again
+    until all ``total`` input records of ``topic`` are committed, and stop it cleanly."""
+    run1 = start_daemon(topology, kafka, cluster, log,
+                        env={"STREAMIMG_CRASH_AT": f"after_produce:{transaction}"})
+    try:
+        assert run1.wait(120) == -signal.SIGKILL, log.read_text()[-3000:]
+    finally:
+        stop_process(run1, signal.SIGKILL)
+    assert 0 < committed_frames(kafka, group, [topic]) < total
+    run2 = start_daemon(topology, kafka, cluster, log)
+    try:
+        wait_until(lambda: committed_frames(kafka, group, [topic]) == total, 120,
+                   "the second run commits every frame")
+    finally:
+        assert stop_process(run2) == 0, log.read_text()[-3000:]
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` (bytes), 0 once it is gone."""
     try:

@@ -10,6 +10,7 @@ while the page is open. At the end every frame is checked exactly once.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -26,6 +27,7 @@ from tests.harness.paced import PacedStream
 from tests.harness.procs import DaskProcesses
 from tests.helpers import ROOT, start_daemon, stop_process, wait_until, write_topology
 
+CHAOS = os.environ.get("STREAMIMG_CHAOS") == "1"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTEFACTS = ROOT / "test-artefacts"
 BODY = (".gaussian_blur(sigma=1.0).palette(k=4).to_kafka_analytics()"
@@ -112,22 +114,25 @@ def test_the_streamimg_page_shows_two_instances_live_in_chromium(kafka, bikes, t
                     assert page.locator(".swatches").count() >= 2  # the palettes
                     page.screenshot(path=str(shot), full_page=True)
 
-                    # Stop instance 1: its card says so; started again, it reports a new run.
-                    old_run = instance(port, "1")["run"]
-                    assert stop_process(procs[1], signal.SIGTERM, 60) == 0
-                    wait_until(lambda: "stopped" in figure_badge(page, card1), 30,
-                               "the page to show instance 1 stopped", interval_s=0.5)
-                    procs[1] = start_daemon(path, kafka, None, tmp_path / "d1b.log",
-                                            instance="1", scheduler=dask.address)
-                    wait_until(lambda: instance(port, "1").get("run") not in (None, old_run)
-                               and instance(port, "1")["state"] == "running"
-                               and instance(port, "1")["totals"]["frames_out"] > 0,
-                               180, "instance 1 to report again with a new run", interval_s=0.5)
-                    wait_until(lambda: "running" in figure_badge(page, card1)
-                               and as_int(figure(page, card1, "frames_out")) > 0, 30,
-                               "the page to show instance 1 committing again", interval_s=0.5)
-                    page.screenshot(path=str(ARTEFACTS / "streamimg-dashboard-restart.png"),
-                                    full_page=True)
+                    # Stop instance 1: its card says so; started again, it reports a new run
+                    # (make chaos only: ~25 s of group rejoins).
+                    if CHAOS:
+                        old_run = instance(port, "1")["run"]
+                        assert stop_process(procs[1], signal.SIGTERM, 60) == 0
+                        wait_until(lambda: "stopped" in figure_badge(page, card1), 30,
+                                   "the page to show instance 1 stopped", interval_s=0.5)
+                        procs[1] = start_daemon(path, kafka, None, tmp_path / "d1b.log",
+                                                instance="1", scheduler=dask.address)
+                        wait_until(lambda: instance(port, "1").get("run") not in (None, old_run)
+                                   and instance(port, "1")["state"] == "running"
+                                   and instance(port, "1")["totals"]["frames_out"] > 0,
+                                   180, "instance 1 to report again with a new run",
+                                   interval_s=0.5)
+                        wait_until(lambda: "running" in figure_badge(page, card1)
+                                   and as_int(figure(page, card1, "frames_out")) > 0, 30,
+                                   "the page to show instance 1 committing again", interval_s=0.5)
+                        page.screenshot(path=str(ARTEFACTS / "streamimg-dashboard-restart.png"),
+                                        full_page=True)
                 finally:
                     browser.close()
             # Dask's own pages link to the page, and the task stream reads as the topology.

@@ -6,15 +6,13 @@ our own code, and compared with the frames the same run committed to Kafka.
 
 from __future__ import annotations
 
-import signal
-
 import cv2
 import fsspec
 import numpy as np
 import pytest
 
 import streamimg
-from streamimg.admin import committed_offsets, ensure_topics
+from streamimg.admin import ensure_topics
 from streamimg.batching import FrameInfo
 from streamimg.codecs.frame import FrameHeader, decode_payload, parse_header
 from streamimg.sinks.files import file_records, image_file, safe_name, write_whole
@@ -22,7 +20,10 @@ from streamimg.sources.video import SourceFrame, produce_frames
 from streamimg.topology import TopologyError
 from tests.harness.checker import read_log
 from tests.harness.s3 import CREDENTIALS, MotoS3
-from tests.helpers import start_daemon, stop_process, wait_until, write_topology
+from tests.helpers import (
+    kill_between_produce_and_commit,
+    write_topology,
+)
 
 
 def _read(data: bytes) -> np.ndarray:
@@ -141,21 +142,8 @@ def test_files_after_a_kill_are_the_committed_frames_once_each(kafka, cluster, t
             f".to_kafka_frames(encoding='raw')")
     path = write_topology(tmp_path / "t.py", name, topic, body, max_frames=3, max_wait_ms=20,
                           frame_shape=(12, 16, 3), frame_dtype="uint16")
-    log = tmp_path / "daemon.log"
-
-    def committed():
-        return sum(max(0, o) for o in committed_offsets(kafka, name, [topic]).values())
-
-    run1 = start_daemon(path, kafka, cluster, log, env={"STREAMIMG_CRASH_AT": "after_produce:3"})
-    try:
-        assert run1.wait(120) == -signal.SIGKILL, log.read_text()[-3000:]
-    finally:
-        stop_process(run1, signal.SIGKILL)
-    run2 = start_daemon(path, kafka, cluster, log)
-    try:
-        wait_until(lambda: committed() == 30, 120, "run 2 commits every frame")
-    finally:
-        assert stop_process(run2) == 0, log.read_text()[-3000:]
+    kill_between_produce_and_commit(path, kafka, cluster, tmp_path / "daemon.log", name, topic,
+                                    30, 3)
     committed_frames = {}
     for r in read_log(kafka.bootstrap, f"{name}.frames"):
         if r.outcome == "committed":

@@ -8,14 +8,12 @@ splits the same frames into batches and chunks every which way, the Kafka part k
 
 from __future__ import annotations
 
-import signal
-
 import cv2
 import numpy as np
 import pytest
 
 import streamimg
-from streamimg.admin import committed_offsets, ensure_topics
+from streamimg.admin import ensure_topics
 from streamimg.batching import FrameInfo
 from streamimg.codecs.frame import FrameHeader, decode_payload, parse_header
 from streamimg.operators.stencils import diffuse
@@ -25,7 +23,10 @@ from streamimg.state import StateError, run_state
 from streamimg.topology import TopologyError
 from streamimg.worker import array_block, run_program
 from tests.harness.checker import read_log
-from tests.helpers import start_daemon, stop_process, wait_until, write_topology
+from tests.helpers import (
+    kill_between_produce_and_commit,
+    write_topology,
+)
 
 
 def _median(frames: list[np.ndarray]) -> np.ndarray:
@@ -227,22 +228,8 @@ def test_windows_continue_exactly_after_a_kill_between_produce_and_commit(
             f".to_kafka_frames(encoding='png', topic='{name}.fg')")
     path = write_topology(tmp_path / "t.py", name, topic, body, max_frames=3, max_wait_ms=20,
                           max_in_flight=3, frame_shape=(34, 80, 3))
-    log = tmp_path / "daemon.log"
-
-    def committed():
-        return sum(max(0, o) for o in committed_offsets(kafka, name, [topic]).values())
-
-    run1 = start_daemon(path, kafka, cluster, log, env={"STREAMIMG_CRASH_AT": "after_produce:4"})
-    try:
-        assert run1.wait(120) == -signal.SIGKILL, log.read_text()[-3000:]
-    finally:
-        stop_process(run1, signal.SIGKILL)
-    assert 0 < committed() < 48
-    run2 = start_daemon(path, kafka, cluster, log)
-    try:
-        wait_until(lambda: committed() == 48, 120, "run 2 commits every frame")
-    finally:
-        assert stop_process(run2) == 0, log.read_text()[-3000:]
+    kill_between_produce_and_commit(path, kafka, cluster, tmp_path / "daemon.log", name, topic,
+                                    48, 4)
 
     for sink, expect in (("med", lambda f: expected_median(f, 4)),
                          ("fg", lambda f: expected_mask(expected_median(f, 4), 3, 20))):
