@@ -159,15 +159,16 @@ def background(stream: Stream, method: str = "median", history: int = 25,
                output: str = "foreground", name: str = "background", **kwargs: Any) -> Stream:
     """Background subtraction per stream: a foreground mask (uint8 0/255, GRAY) or the background.
 
-    See :class:`streamimg.operators.temporal.Background` (``median`` of the previous
-    ``history`` frames, or ``running_average`` with ``alpha``; ``threshold`` in intensity
-    units). The model is committed operator state.
+    See :class:`streamimg.operators.temporal.Background`: ``median`` of the previous
+    ``history`` frames, ``running_average`` with ``alpha``, or ``mog2`` (Zivkovic's
+    Gaussian mixture, as OpenCV's ``BackgroundSubtractorMOG2`` without shadows);
+    ``threshold`` in intensity units (``mog2``: squared Mahalanobis distance). The model
+    is committed operator state.
 
     Raises
     ------
     TopologyError
-        For an unknown method (``mog2`` says why it is not offered) or output, or bad
-        ``history``/``alpha``/``threshold``.
+        For an unknown method or output, or bad ``history``/``alpha``/``threshold``.
     """
     from streamimg.operators.temporal import Background
 

@@ -94,14 +94,15 @@ def test_the_consumer_keeps_polling_while_a_batch_computes(kafka, client, tmp_pa
     topology = streamimg.Topology(name, inputs=topic, max_frames=2, max_wait_ms=50,
                                   max_in_flight=1)
 
-    def slow(x):
-        return x.map_blocks(lambda b: (time.sleep(4.0), b)[1], dtype=x.dtype)
+    def slow(x):  # 3 s a frame of ours (flat), none for the start-up check's noise frame
+        return x.map_blocks(lambda b: (time.sleep(3.0 if b.std() == 0 else 0), b)[1],
+                            dtype=x.dtype)
 
     topology.source.map_frames(slow).to_kafka_frames(encoding="raw").to_kafka_analytics()
-    kafka = dataclasses.replace(kafka, extra={"max.poll.interval.ms": 3000})
+    kafka = dataclasses.replace(kafka, extra={"max.poll.interval.ms": 2000})
     started = time.monotonic()
     _, events = run_to_end(topology, kafka, client, topic, ends)
-    assert time.monotonic() - started > 6.0  # two batches of 4 s each, one at a time
+    assert time.monotonic() - started > 6.0  # two batches of 3 s each, one at a time
     # One assignment: never thrown out and re-admitted (the one revoke is the final close).
     assert events.assigned_n == 1 and events.revoked_n <= 1, vars(events)
     assert events.outcomes == ["committed", "committed"]

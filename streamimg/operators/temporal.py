@@ -13,8 +13,8 @@ frame (h, w, c) as the value named by its ``needs`` and returning the output fra
 
 - :class:`TemporalWindow`: ``fn(window)`` over the last ``window`` frames (median,
   mean, difference, or your own function).
-- :class:`Background`: a background model (temporal median of the previous frames, or
-  a running average) giving the background or a foreground mask.
+- :class:`Background`: a background model (temporal median of the previous frames, a
+  running average, or MOG2) giving the background or a foreground mask.
 - :class:`HeatField`: one temperature field integrated over the stream, each frame a
   heat source (the Flink ancestor's heat-equation stencil with a source term).
 
@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from streamimg.operators import mog2
+from streamimg.operators.mog2 import Mixture
 from streamimg.operators.stencils import HEAT_BOUNDARIES, diffuse, stability_bound
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ def frame_difference(window: np.ndarray) -> np.ndarray:
 WINDOW_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "median": window_median, "mean": window_mean, "difference": frame_difference}
 #: Methods of :class:`Background`.
-BACKGROUND_METHODS = ("median", "running_average")
+BACKGROUND_METHODS = ("median", "running_average", "mog2")
 
 
 class TemporalWindow:
@@ -153,17 +155,20 @@ class Background:
 
     Parameters
     ----------
-    method : {"median", "running_average"}
+    method : {"median", "running_average", "mog2"}
         ``median``: the per-pixel median of the previous ``history`` frames (the current
         frame excluded; a stream's first frame is its own background). Exact and robust
         to objects passing through, at ``history`` frames of state.
         ``running_average``: ``B <- (1 - alpha) B + alpha F`` after each frame, in
         float32 (the classic running-average model, e.g. OpenCV's
         ``cv2.accumulateWeighted`` tutorial), one float32 frame of state.
-        OpenCV's MOG2 is not offered: its model lives inside the C++ object with no way
-        to read or restore it, so it cannot be committed exactly.
+        ``mog2``: Zivkovic's adaptive Gaussian mixture (:mod:`streamimg.operators.mog2`,
+        OpenCV's ``BackgroundSubtractorMOG2`` without shadows) with its model as
+        arrays, so it can be committed: 100 bytes of state a pixel for RGB (a 160x90
+        frame: 1.4 MB), so shrink frames first and raise ``max_state_bytes``.
     history : int
-        Frames of the median (>= 1).
+        Frames of the median (>= 1); for ``mog2`` the learning horizon, the learning
+        rate being ``1 / min(2 n, history)`` at frame ``n`` (OpenCV's default is 500).
     alpha : float
         Learning rate of the running average, in (0, 1].
     output : {"foreground", "background"}
@@ -171,23 +176,24 @@ class Background:
         background by more than ``threshold`` (intensity units), else 0 (channel order
         ``GRAY``). ``background``: the background (h, w, c) in the frame's dtype.
     threshold : float
-        Foreground threshold, in the frame's intensity units (>= 0).
+        Foreground threshold, in the frame's intensity units (>= 0); for ``mog2`` the
+        squared Mahalanobis distance a background mode must be within (OpenCV's
+        ``varThreshold``, 16 when None).
     input : str
         The value holding the input frame.
 
     Raises
     ------
     ValueError
-        For an unknown method or output (``mog2`` with the reason), ``history`` < 1,
-        ``alpha`` outside (0, 1], or a negative ``threshold``.
+        For an unknown method or output, ``history`` < 1, ``alpha`` outside (0, 1], or a
+        negative ``threshold``.
     """
 
     def __init__(self, method: str = "median", *, history: int = 25, alpha: float = 0.05,
-                 output: str = "foreground", threshold: float = 25.0, input: str = "frame"):
-        if method == "mog2":
-            raise ValueError("mog2: OpenCV's MOG2 keeps its model inside the C++ object, which "
-                             "can be neither read nor restored, so its state cannot be "
-                             "committed exactly; use 'median' or 'running_average'")
+                 output: str = "foreground", threshold: float | None = None,
+                 input: str = "frame"):
+        if threshold is None:
+            threshold = 16.0 if method == "mog2" else 25.0
         if method not in BACKGROUND_METHODS:
             raise ValueError(f"method {method!r} not one of {BACKGROUND_METHODS}")
         if output not in ("foreground", "background"):
@@ -213,6 +219,8 @@ class Background:
         frame = np.asarray(values[self.needs[0]])
         if frame.ndim != 3:
             raise ValueError(f"background: expects a (h, w, c) frame, got shape {frame.shape}")
+        if self.method == "mog2":
+            return self._mog2(state, frame)
         before = _window(state, frame)[:-1] if self.method == "median" else (
             state if state and state[0].shape == frame.shape else [])
         if self.method == "median":
@@ -227,8 +235,18 @@ class Background:
         diff = np.abs(frame.astype(np.float64) - background.astype(np.float64)).max(axis=2)
         return state, np.where(diff > self.threshold, 255, 0).astype(np.uint8)[:, :, None]
 
+    def _mog2(self, state: list[np.ndarray], frame: np.ndarray
+              ) -> tuple[list[np.ndarray], np.ndarray]:
+        model = Mixture.of(state) if state else None
+        if model is None or model.mu.shape[:2] + model.mu.shape[3:] != frame.shape:
+            model = Mixture.empty(frame.shape)  # a new stream, or a new resolution
+        foreground = mog2.apply(model, frame, self.history, self.threshold)
+        if self.output == "background":
+            return model.arrays(), _as_dtype(mog2.background_image(model), frame.dtype)
+        return model.arrays(), np.where(foreground, 255, 0).astype(np.uint8)[:, :, None]
+
     def dumps(self, state: list[np.ndarray]) -> bytes:
-        """The model's frames, zlib-compressed."""
+        """The model's frames (or mixture arrays), zlib-compressed."""
         return pack(state)
 
     def loads(self, data: bytes) -> list[np.ndarray]:
