@@ -9,6 +9,8 @@ a filesystem with rename it is written to a temporary name in the same folder an
 over the target (atomic on POSIX), and an object store's PUT replaces an object whole.
 Pipelines are deterministic (exactly-once requires it), so the file left is the one of
 the committed run: *effectively exactly-once* for the files, exactly-once for Kafka.
+Files cannot be rolled back, though: a frame a later stage dead-letters (a stateful
+operator in the batch's state task) keeps a file written before it failed.
 
 ``streamimg consume --save-dir`` and the demo's pictures use :func:`save_frame_message`.
 """

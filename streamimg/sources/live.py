@@ -38,6 +38,10 @@ the last frame) waits ``min(max, initial * 2**(k-1))`` s, shortened by up to ``j
 of itself (seeded by the URL unless ``seed`` is given: runs repeat). Each attempt is one
 line on ``logging.getLogger("streamimg.live")``; the reader gives up when attempt
 ``max_retries`` failed too. Passwords in URLs are masked in logs and errors.
+
+The clock (capture times, indices, gaps, the ``fps`` cap) is
+:mod:`streamimg.sources.capture_clock`, where ``AHEAD_WARN_MS``, ``JUMP_PERIODS`` and
+``DEFAULT_PERIOD_MS`` live.
 """
 
 from __future__ import annotations
@@ -56,12 +60,10 @@ from collections.abc import Callable, Iterator, Mapping
 import av
 
 from streamimg.codecs.gap import Gap
+from streamimg.sources.capture_clock import RateCap, Timeline
 from streamimg.sources.video import SourceFrame
 
 LOG = logging.getLogger("streamimg.live")
-AHEAD_WARN_MS = 1_000  # a stream clock this far ahead of the wall clock is worth a warning
-DEFAULT_PERIOD_MS = 40.0  # 25 fps, when the stream says nothing about its rate
-JUMP_PERIODS = 3  # a PTS step longer than this many frame periods is a gap
 UNTIMED = ("mpjpeg", "mjpeg")  # FFmpeg numbers these frames at an assumed 25 fps: no clock
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "rtp", "tcp")
 Item = SourceFrame | Gap
@@ -196,7 +198,7 @@ def read_live(url: str, *, stream: str | None = None, fps: float | None = None,
 
 def _read(url, name, stream, fps, frame_step, limit, reconnect, backoff, max_retries, rng,
           jitter, timeout_s, options, stop, clock, log) -> Iterator[Item]:
-    timeline, cap = _Timeline(stream, name, log), _RateCap(fps)
+    timeline, cap = Timeline(stream, name, log), RateCap(fps)
     kept = retries = 0  # retries: reconnect attempts since the last frame
     if limit == 0:
         return
@@ -255,110 +257,6 @@ def _read(url, name, stream, fps, frame_step, limit, reconnect, backoff, max_ret
                     "connection lost" if delivered else "cannot read", cause, retries,
                     "unlimited" if max_retries is None else max_retries, delay)
         stop.wait(delay)
-
-
-class _Timeline:
-    """Capture times, indices and gaps of one stream across its connections."""
-
-    def __init__(self, stream: str, name: str, log: logging.Logger):
-        self.stream, self.name, self.log = stream, name, log
-        self.last_ts: int | None = None  # capture time of the last frame decoded, ms
-        self.last_index = -1
-        self.period_ms: float | None = None
-        self.lost = False  # the connection dropped since the last frame
-
-    def connect(self, connect_ms: float, rate) -> None:
-        """A new connection, started at wall-clock ``connect_ms``; ``rate`` declared fps."""
-        self.base_ms, self.anchor, self.prev_pts, self.prev_now = connect_ms, None, None, None
-        self.warned = self.warned_ahead = False
-        if self.period_ms is None and rate and 0 < float(rate) <= 1000:
-            self.period_ms = 1e3 / float(rate)
-
-    def period(self) -> float:
-        """The frame period in ms (at least 1): measured, else declared, else 40."""
-        return max(1.0, self.period_ms or DEFAULT_PERIOD_MS)
-
-    def _measure(self, delta_ms: float) -> None:
-        if delta_ms > 0:
-            self.period_ms = delta_ms if self.period_ms is None else (
-                0.9 * self.period_ms + 0.1 * delta_ms)
-
-    def drop(self) -> None:
-        self.lost = self.last_ts is not None
-
-    def stamp(self, pts_s: float | None, now_ms: float) -> tuple[int, int, Gap | None]:
-        """``(index, capture ms, gap or None)`` of the next frame decoded, PTS in seconds."""
-        if pts_s is None:
-            if self.prev_now is not None and now_ms - self.prev_now < JUMP_PERIODS * self.period():
-                self._measure(now_ms - self.prev_now)  # arrival spacing: the only clue
-            ts = self.prev_now = now_ms
-        else:
-            if self.anchor is None:
-                self.anchor = self.base_ms - pts_s * 1e3
-            elif pts_s < self.prev_pts:
-                self.log.warning("%s: stream clock went back from %.3f s to %.3f s; capture "
-                                 "times re-anchored at the wall clock", self.name,
-                                 self.prev_pts, pts_s)
-                self.anchor = now_ms - pts_s * 1e3
-            elif (delta := (pts_s - self.prev_pts) * 1e3) > JUMP_PERIODS * self.period():
-                self.lost = True  # frames missing inside the connection (a stall, a skip)
-            else:
-                self._measure(delta)
-            ahead = self.anchor + pts_s * 1e3 - now_ms
-            if ahead > 0:  # a capture cannot be later than its decoding
-                if ahead > AHEAD_WARN_MS and not self.warned_ahead:
-                    self.log.warning("%s: stream clock %d ms ahead of the wall clock; capture "
-                                     "times re-anchored at it", self.name, ahead)
-                    self.warned_ahead = True
-                self.anchor -= ahead
-            self.prev_pts = pts_s
-            ts = self.anchor + pts_s * 1e3
-        ts = int(ts)
-        if self.anchor is None:  # no PTS yet: the first frame with one comes a period later
-            self.base_ms = max(self.base_ms, ts + self.period())
-        if self.last_ts is not None and ts <= self.last_ts:
-            if not self.warned:
-                self.log.warning("%s: capture time %d ms is not after the previous frame's "
-                                 "(%d ms); clamped to 1 ms after it", self.name, ts, self.last_ts)
-                self.warned = True
-            ts = self.last_ts + 1
-        gap, index = None, self.last_index + 1
-        if self.lost:
-            period, last = self.period(), self.last_ts
-            n = max(0, math.floor((ts - last) / period - 0.5))
-            gap = (Gap(self.stream, round(last + period), round(last + n * period), n) if n
-                   else Gap(self.stream, last + 1, max(last + 1, ts - 1), 0))
-            index += n
-            self.lost = False
-        self.last_ts, self.last_index = ts, index
-        return index, ts, gap
-
-    def give_up(self, now_ms: float) -> Gap | None:
-        """The gap from the last frame to ``now_ms``, if a frame period fits in it."""
-        if self.last_ts is None:
-            return None
-        period = self.period()
-        if now_ms < self.last_ts + period:
-            return None
-        return Gap(self.stream, round(self.last_ts + period), int(now_ms),
-                   math.floor((now_ms - self.last_ts) / period))
-
-
-class _RateCap:
-    """Keeps a frame when its capture time reaches the next slot of a ``1/fps`` grid."""
-
-    def __init__(self, fps: float | None):
-        self.period = None if fps is None else 1e3 / fps
-        self.due: float | None = None
-
-    def keep(self, ts: int) -> bool:
-        if self.period is None:
-            return True
-        if self.due is not None and ts < self.due - 0.1 * self.period:
-            return False
-        due = (ts if self.due is None else self.due) + self.period
-        self.due = due if due > ts else ts + self.period  # behind by a period: resync
-        return True
 
 
 def read_many(cameras: Mapping[str, str], *, queue_size: int = 64,
