@@ -87,7 +87,23 @@ WINDOW_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 BACKGROUND_METHODS = ("median", "running_average", "mog2")
 
 
-class TemporalWindow:
+class _ArrayState:
+    """State as a list of arrays (frames, a field, a mixture), packed with :func:`pack`."""
+
+    def initial(self) -> list[np.ndarray]:
+        """No frames, field or model yet: the first frame starts them."""
+        return []
+
+    def dumps(self, state: list[np.ndarray]) -> bytes:
+        """The state's arrays, zlib-compressed (:func:`pack`)."""
+        return pack(state)
+
+    def loads(self, data: bytes) -> list[np.ndarray]:
+        """The arrays :meth:`dumps` packed."""
+        return unpack(data)
+
+
+class TemporalWindow(_ArrayState):
     """``fn`` over each frame's window: the frame and up to ``window - 1`` frames before it.
 
     Parameters
@@ -129,10 +145,6 @@ class TemporalWindow:
         self.fn, self.window, self.kwargs = fn, int(window), kwargs
         self.needs = (input,)
 
-    def initial(self) -> list[np.ndarray]:
-        """No frames yet."""
-        return []
-
     def step(self, state: list[np.ndarray], info: FrameInfo,
              values: dict[str, Any]) -> tuple[list[np.ndarray], np.ndarray]:
         """Push the frame, return ``(the previous window - 1 frames, fn(window))``."""
@@ -141,16 +153,8 @@ class TemporalWindow:
         out = _check_output(self.fn(np.stack(window), **self.kwargs), frame, "temporal fn")
         return window[max(0, len(window) - self.window + 1):] if self.window > 1 else [], out
 
-    def dumps(self, state: list[np.ndarray]) -> bytes:
-        """The window's frames, zlib-compressed."""
-        return pack(state)
 
-    def loads(self, data: bytes) -> list[np.ndarray]:
-        """The frames :meth:`dumps` packed."""
-        return unpack(data)
-
-
-class Background:
+class Background(_ArrayState):
     """A per-stream background model; the value is the background or a foreground mask.
 
     Parameters
@@ -209,10 +213,6 @@ class Background:
         self.order = "GRAY" if output == "foreground" else None
         self.needs = (input,)
 
-    def initial(self) -> list[np.ndarray]:
-        """No frames (median) or no average yet (running average)."""
-        return []
-
     def step(self, state: list[np.ndarray], info: FrameInfo,
              values: dict[str, Any]) -> tuple[list[np.ndarray], np.ndarray]:
         """The frame's background (from the frames before it), then the model updated."""
@@ -245,16 +245,8 @@ class Background:
             return model.arrays(), _as_dtype(mog2.background_image(model), frame.dtype)
         return model.arrays(), np.where(foreground, 255, 0).astype(np.uint8)[:, :, None]
 
-    def dumps(self, state: list[np.ndarray]) -> bytes:
-        """The model's frames (or mixture arrays), zlib-compressed."""
-        return pack(state)
 
-    def loads(self, data: bytes) -> list[np.ndarray]:
-        """The frames :meth:`dumps` packed."""
-        return unpack(data)
-
-
-class HeatField:
+class HeatField(_ArrayState):
     """One temperature field per stream, integrated over the stream's frames.
 
     Each frame is the heat source of ``steps`` explicit heat-equation steps
@@ -312,10 +304,6 @@ class HeatField:
         self.boundary, self.cval = boundary, float(cval)
         self.needs = (input,)
 
-    def initial(self) -> list[np.ndarray]:
-        """No field yet (zero at the first frame)."""
-        return []
-
     def step(self, state: list[np.ndarray], info: FrameInfo,
              values: dict[str, Any]) -> tuple[list[np.ndarray], np.ndarray]:
         """Advance the field with this frame as the source; return it (float32)."""
@@ -332,13 +320,6 @@ class HeatField:
                                    source=source, boundary=self.boundary, cval=self.cval)
         return [out], out.copy()
 
-    def dumps(self, state: list[np.ndarray]) -> bytes:
-        """The field, zlib-compressed."""
-        return pack(state)
-
-    def loads(self, data: bytes) -> list[np.ndarray]:
-        """The field :meth:`dumps` packed."""
-        return unpack(data)
 
 
 def pack(frames: list[np.ndarray]) -> bytes:
