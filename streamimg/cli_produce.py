@@ -4,7 +4,7 @@ Three kinds of source, one delivery (idempotent producer, progress bar, Ctrl-C d
 what was read, a JSON summary on stdout):
 
 - a video file or URL FFmpeg opens (:func:`~streamimg.sources.video.read_video`);
-- an image folder, local or any fsspec URL (:func:`~streamimg.sources.images.image_frames`):
+- an image folder, local or any fsspec URL (:func:`~streamimg.sources.folders.image_frames`):
   an unreadable file becomes a failed frame record unless ``--drop-failures``;
 - live sources (:func:`~streamimg.sources.live.read_live`): ``rtsp://`` and other
   streaming URLs, ``--webcam N``, ``--reconnect`` for live ``http(s)://`` streams, and
@@ -67,7 +67,7 @@ def _produce_file(args, kafka) -> int:
     if not is_folder and (args.recursive or args.sample_ratio != 1):
         raise CommandError(f"{args.source} is a file: --recursive and --sample-ratio apply to "
                            "image folders only", "drop them, or give a folder of images")
-    from streamimg.sources.images import count_images, image_frames
+    from streamimg.sources.folders import count_images, image_frames
     from streamimg.sources.video import count_frames, read_video
 
     skipped: list[str] = []

@@ -18,7 +18,8 @@ import streamimg
 from streamimg.admin import committed_offsets, read_topic
 from streamimg.codecs.frame import FrameDecodeError, decode_payload, parse_header
 from streamimg.daemon import Daemon
-from streamimg.sources.images import _sampled, image_frames, read_images
+from streamimg.sources.folders import _sampled, image_frames
+from streamimg.sources.images import read_images
 from tests.helpers import ROOT, wait_until
 
 TREE = ["a.png", "b.jpg", "c.png", "sub/d.png", "sub/e.png", "sub/f.png", "sub/deep/g.png",

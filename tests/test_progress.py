@@ -17,7 +17,7 @@ from rich.console import Console
 
 from streamimg.admin import read_topic
 from streamimg.progress import progress_bar
-from streamimg.sources.images import image_frames
+from streamimg.sources.folders import image_frames
 from streamimg.sources.video import count_frames, read_video
 from tests.helpers import ROOT, clip
 

@@ -4,9 +4,9 @@
 lazy Dask DataFrame with the fields of ``pyspark.ml.image.ImageSchema.columnSchema``;
 :func:`image_to_array`/:func:`array_to_image` convert a row (as ``ImageSchema.toNDArray``/
 ``toImage``); :func:`frames_from_images` stacks rows into the ``(n, h, w, c)`` arrays the
-operators and analytics take, so a folder is processed without Kafka. :func:`image_frames`
-is the frame generator of ``streamimg produce`` for a folder (listed and sampled as
-:func:`read_images` does), :func:`count_images` its count.
+operators and analytics take, so a folder is processed without Kafka. Files are listed,
+sampled and named as Spark does by :mod:`streamimg.sources.folders`, which also has the
+frame generator of ``streamimg produce`` for a folder.
 
 Unlike Spark's reader (``ImageSchema.decode``, Java's ImageIO), OpenCV decodes: 16-bit
 images keep 16 bits (Spark gives CV_8U for all, the low byte of a 16-bit grey sample), grey
@@ -18,25 +18,13 @@ are the same as Spark 3.5's, field by field (tests/test_spark_images.py).
 
 from __future__ import annotations
 
-import hashlib
-import io
-import posixpath
-import time
-import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:  # video imports PyAV and the Kafka client: not needed to read images
-    from streamimg.sources.video import SourceFrame
+from streamimg.sources.folders import list_files, spark_origin
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 COLUMNS = ("origin", "height", "width", "nChannels", "mode", "data")
 # OpenCV depth codes (CV_8U=0 ... CV_16F=7); a type number is CV_MAKETYPE(depth, cn) =
 # depth + 8 (cn - 1), so CV_8UC3 = 16 and CV_16UC4 = 26 (OpenCV core/hal/interface.h).
@@ -50,109 +38,6 @@ _DTYPES = {depth: dtype.newbyteorder("<") for dtype, depth in _DEPTHS.items()}
 _PARTITION_BYTES = 8 << 20
 
 
-def image_frames(source: str | Path, *, recursive: bool = False, sample_ratio: float = 1.0,
-                 seed: int = 0, frame_step: int = 1, limit: int | None = None,
-                 keep_failed: bool = False,
-                 on_skip: Callable[[str, str, str], None] | None = None,
-                 storage_options: dict | None = None) -> Iterator[SourceFrame]:
-    """Read the images of a folder, local or any fsspec URL, as RGB uint8 frames.
-
-    The folder is listed and sampled as :func:`read_images` does (hidden ``.``/``_`` names
-    skipped, ``recursive``, the seeded per-file ``sample_ratio``), then only files with a
-    suffix in ``IMAGE_SUFFIXES`` are kept, in path order (the path relative to ``source``
-    when recursive), every ``frame_step``-th of them. A frame's ``index`` is the file's
-    position in that order, so a skipped file leaves a gap. Pillow decodes: alpha dropped,
-    grey expanded, 16-bit samples cut to 8.
-
-    Parameters
-    ----------
-    source : str or Path
-        A local folder or an fsspec URL of one (``file://``, ``memory://``, ``s3://``, ...).
-    recursive, sample_ratio, seed, storage_options
-        As for :func:`read_images`.
-    frame_step : int
-        Keep every ``frame_step``-th file (1 keeps all).
-    limit : int, optional
-        Stop after this many frames yielded (failed ones included when ``keep_failed``).
-    keep_failed : bool
-        Yield a file that cannot be read or decoded as a failed frame: ``image`` None,
-        ``error`` ``"cannot decode image: ..."`` (or ``"cannot read file: ..."``).
-    on_skip : callable, optional
-        ``on_skip(path, name, reason)`` for each such file, which is then skipped: ``path``
-        local (or the URL), ``name`` relative to ``source``. Without it (and without
-        ``keep_failed``) such a file raises.
-
-    Yields
-    ------
-    SourceFrame
-        ``image`` (h, w, 3) uint8 RGB; ``timestamp_ms`` the file's modification time in ms
-        since the epoch (now when the storage records none); ``origin`` the file's URL as
-        :func:`read_images` gives it.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``source`` is not an existing folder; the message names it.
-    ValueError
-        If ``frame_step`` < 1, ``sample_ratio`` is not in (0, 1], both ``keep_failed`` and
-        ``on_skip`` are given, or a file cannot be decoded (naming it) and neither is.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    from streamimg.sources.video import SourceFrame
-
-    if frame_step < 1:
-        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
-    if keep_failed and on_skip is not None:
-        raise ValueError("give keep_failed or on_skip, not both")
-    fs, files = _image_files(source, recursive, sample_ratio, seed, storage_options)
-    kept = 0
-    for i, (p, rel, info) in enumerate(files[::frame_step]):
-        origin, ts = _origin(fs, p), _mtime_ms(info)
-        try:
-            content = fs.cat_file(p)
-        except OSError as exc:
-            error = f"cannot read file: {exc}"
-        else:
-            try:
-                with Image.open(io.BytesIO(content)) as im:
-                    image = np.asarray(im.convert("RGB"))
-                error = None
-            except UnidentifiedImageError:  # its message names a BytesIO object's address
-                error = f"cannot decode image: not a format Pillow reads ({len(content)} bytes)"
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                error = f"cannot decode image: {exc}"
-        if error is None:
-            yield SourceFrame(i, ts, image, origin=origin)
-        elif keep_failed:
-            yield SourceFrame(i, ts, None, origin=origin, error=error)
-        elif on_skip is not None:
-            on_skip(_shown(fs, p), rel, error)
-            continue
-        else:
-            raise ValueError(f"{_shown(fs, p)}: {error}")
-        kept += 1
-        if limit is not None and kept >= limit:
-            return
-
-
-def count_images(source: str | Path, *, recursive: bool = False, sample_ratio: float = 1.0,
-                 seed: int = 0, frame_step: int = 1, limit: int | None = None,
-                 storage_options: dict | None = None) -> int:
-    """How many frames :func:`image_frames` yields for these arguments, decodable or not.
-
-    Lists the folder (again) and reads no file: a file that fails to decode is counted.
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        As :func:`image_frames`.
-    """
-    if frame_step < 1:
-        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
-    files = _image_files(source, recursive, sample_ratio, seed, storage_options)[1]
-    total = len(files[::frame_step])
-    return total if limit is None else max(0, min(total, limit))
 
 
 def read_images(path: str, recursive: bool = False, sample_ratio: float = 1.0,
@@ -221,12 +106,12 @@ def read_images(path: str, recursive: bool = False, sample_ratio: float = 1.0,
 
     if npartitions is not None and npartitions < 1:
         raise ValueError(f"npartitions must be >= 1, got {npartitions}")
-    fs, listed = _list_files(path, recursive, sample_ratio, seed, storage_options)
+    fs, listed = list_files(path, recursive, sample_ratio, seed, storage_options)
     # An empty file gives no row at all, not a failed one: Spark's scan only plans non-empty
     # files (PartitioningAwareFileIndex.listFiles, `isNonEmptyFile`: `f.getLen > 0`,
     # sql/core/.../execution/datasources/PartitioningAwareFileIndex.scala; checked against
     # pyspark 3.5 in tests/test_spark_images.py). A size the storage does not report is read.
-    files = [(p, _origin(fs, p), int(info.get("size") or 0)) for p, _, info in listed
+    files = [(p, spark_origin(fs, p), int(info.get("size") or 0)) for p, _, info in listed
              if info.get("size") != 0]
     meta = _frame([])
     if not files:
@@ -412,123 +297,6 @@ def _decode(content: bytes) -> np.ndarray | None:
     return image if image is not None and image.dtype in _DEPTHS else None
 
 
-def _list_files(path: str | Path, recursive: bool, sample_ratio: float, seed: int,
-                storage_options: dict | None) -> tuple[object, list[tuple[str, str, dict]]]:
-    """The files :func:`read_images` reads: ``(fs, [(fs path, relative path, fsspec info)])``.
-
-    In path order; the names Spark's listing hides skipped (:func:`_spark_hides`), then
-    sampled by ``_sampled``.
-    Raises FileNotFoundError (naming ``path``) and ValueError (``sample_ratio``).
-    """
-    import fsspec
-
-    if not 0 < sample_ratio <= 1:
-        raise ValueError(f"sample_ratio must be in (0, 1], got {sample_ratio}")
-    fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
-    magic = [root.find(c) for c in "*?[" if c in root]
-    if magic:
-        base = root[:min(magic)].rpartition("/")[0]
-        found = {p: i for p, i in fs.glob(root, detail=True).items() if i["type"] == "file"}
-        if not found:
-            raise FileNotFoundError(f"no image file matches {path}")
-    elif fs.isdir(root):
-        base = root.rstrip("/")
-        found = fs.find(root, maxdepth=None if recursive else 1, detail=True)
-    elif fs.isfile(root):
-        base, found = posixpath.dirname(root), {root: fs.info(root)}
-    else:
-        raise FileNotFoundError(f"image path {path} does not exist")
-    files = []
-    for p in sorted(found):
-        rel = posixpath.relpath(p, base) if base else p.lstrip("/")
-        if _spark_hides(rel):
-            continue
-        if sample_ratio == 1 or _sampled(rel, seed) < sample_ratio:
-            files.append((p, rel, found[p]))
-    return fs, files
-
-
-def _image_files(source: str | Path, recursive: bool, sample_ratio: float, seed: int,
-                 storage_options: dict | None) -> tuple[object, list[tuple[str, str, dict]]]:
-    """:func:`_list_files` of a folder, only the names with an ``IMAGE_SUFFIXES`` suffix."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
-    if not fs.isdir(root):
-        raise FileNotFoundError(f"image folder {source} does not exist")
-    fs, files = _list_files(source, recursive, sample_ratio, seed, storage_options)
-    return fs, [f for f in files if posixpath.splitext(f[1])[1].lower() in IMAGE_SUFFIXES]
-
-
-def _mtime_ms(info: dict) -> int:
-    """A file's modification time (ms since the epoch) from its fsspec info; now if none."""
-    t = info.get("mtime", info.get("LastModified", info.get("created")))
-    if isinstance(t, datetime):
-        t = t.timestamp()
-    try:
-        return int(float(t) * 1000)
-    except (TypeError, ValueError):
-        return int(time.time() * 1000)
-
-
-def _shown(fs, path: str) -> str:
-    """A file as messages show it: the local path, or the URL on other storage."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
-
-
-def _sampled(rel: str, seed: int) -> float:
-    """A uniform number in [0, 1) fixed by the seed and the relative path (BLAKE2b)."""
-    digest = hashlib.blake2b(f"{seed}\0{rel}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2.0 ** 64
-
-
-def _spark_hides(rel: str) -> bool:
-    """Whether Spark's listing leaves out the file at ``rel`` (``/``-separated, below the root).
-
-    Spark 3.5 (checked with pyspark in tests/test_spark_images.py): each listed name passes
-    ``HadoopFSUtils.shouldFilterOutPathName`` (core/.../util/HadoopFSUtils.scala): out if it
-    starts with ``.``, ends with ``._COPYING_`` or starts with ``_`` without a ``=`` (a
-    partition folder ``_k=v`` stays), except names starting with ``_metadata`` or
-    ``_common_metadata`` (so a folder ``_metadata/`` is read). A file must also be a data
-    path (``PartitioningAwareFileIndex.isDataPath``: not ``.``, not ``_`` without ``=``).
-    """
-    *folders, name = rel.split("/")
-
-    def hidden(part: str) -> bool:
-        return (part.startswith(".") or part.endswith("._COPYING_")
-                or (part.startswith("_") and "=" not in part))
-
-    return hidden(name) or any(
-        hidden(f) and not f.startswith(("_metadata", "_common_metadata")) for f in folders)
-
-
-def _origin(fs, path: str) -> str:
-    r"""The file URL exactly as Spark's image source gives it in ``origin``.
-
-    Spark 3.5 (``ImageFileFormat.buildReader``: ``origin = file.urlEncodedPath``, the
-    ``Path.toUri.toString`` of the listed file, a ``SparkPath``) gives a local file as
-    ``file:///abs/path``: Hadoop qualifies paths with the local filesystem's URI
-    ``file:///`` (an empty authority). (``file:/abs/path``, which this function gave before
-    issue 11, is the form of the ``path`` column of Spark's ``binaryFile`` source instead.)
-    Hadoop's ``Path`` builds the URI with ``java.net.URI``'s multi-argument constructor,
-    which percent-encodes (UTF-8) the ASCII characters outside unreserved, punct, ``/`` and
-    ``@`` (space, ``"#%<>?[\]^`{|}``, controls) and keeps non-ASCII characters as they
-    are, unless they are control or space characters (``Character.isISOControl``,
-    ``isSpaceChar``). Same rule for every storage (``s3://``, ``memory://``).
-    """
-    return "".join(_uri_char(c) for c in fs.unstrip_protocol(path))
-
-
-def _uri_char(c: str) -> str:
-    """One character of a path as ``java.net.URI`` quotes it (see :func:`_origin`)."""
-    if c < "\x80":
-        return quote(c, safe="/:@!$&'()*+,;=~")
-    if unicodedata.category(c) in ("Zs", "Zl", "Zp") or c <= "\x9f":  # space, C1 control
-        return quote(c, safe="")
-    return c
-
 
 def _partition(files: list, npartitions: int | None) -> list[list]:
     """Consecutive groups: ``npartitions`` of equal count, or ~``_PARTITION_BYTES`` each."""
@@ -573,5 +341,4 @@ def _check_order(order: str) -> None:
         raise ValueError(f"order must be 'RGB' or 'BGR', got {order!r}")
 
 
-__all__ = ["IMAGE_SUFFIXES", "array_to_image", "count_images", "frames_from_images",
-           "image_frames", "image_to_array", "read_images"]
+__all__ = ["COLUMNS", "array_to_image", "frames_from_images", "image_to_array", "read_images"]

@@ -123,7 +123,7 @@ def count_frames(path: str | Path, *, frame_step: int = 1, loop: int = 1,
         If ``frame_step`` or ``loop`` is < 1, or ``path`` is not a video FFmpeg can
         open or has no video stream.
     """
-    from streamimg.sources.images import IMAGE_SUFFIXES
+    from streamimg.sources.folders import IMAGE_SUFFIXES
 
     path = Path(path)
     if frame_step < 1 or loop < 1:
