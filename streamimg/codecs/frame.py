@@ -102,34 +102,37 @@ class FrameHeader:
         return [(PREFIX + k, str(v).encode()) for k, v in fields.items()]
 
 
-def _header_dict(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, bytes]:
+def _header_dict(headers: Iterable[tuple[str, bytes | None]] | None,
+                 error: type[FrameDecodeError] = FrameDecodeError) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for key, value in headers or ():
         if key.startswith(PREFIX):
             if key in out:
-                raise FrameDecodeError(key, "header appears twice")
+                raise error(key, "header appears twice")
             out[key] = value if value is not None else b""
     return out
 
 
-def _text(h: Mapping[str, bytes], name: str) -> str:
+def _text(h: Mapping[str, bytes], name: str,
+          error: type[FrameDecodeError] = FrameDecodeError) -> str:
     key = PREFIX + name
     if key not in h:
-        raise FrameDecodeError(key, "missing header")
+        raise error(key, "missing header")
     try:
         return h[key].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FrameDecodeError(key, f"not UTF-8: {h[key][:32]!r}") from exc
+        raise error(key, f"not UTF-8: {h[key][:32]!r}") from exc
 
 
-def _int(h: Mapping[str, bytes], name: str, lo: int, hi: int) -> int:
-    text = _text(h, name)
+def _int(h: Mapping[str, bytes], name: str, lo: int, hi: int,
+         error: type[FrameDecodeError] = FrameDecodeError) -> int:
+    text = _text(h, name, error)
     try:
         value = int(text)
     except ValueError:
-        raise FrameDecodeError(PREFIX + name, f"not an integer: {text[:32]!r}") from None
+        raise error(PREFIX + name, f"not an integer: {text[:32]!r}") from None
     if not lo <= value <= hi:
-        raise FrameDecodeError(PREFIX + name, f"{value} outside [{lo}, {hi}]")
+        raise error(PREFIX + name, f"{value} outside [{lo}, {hi}]")
     return value
 
 

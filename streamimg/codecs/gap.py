@@ -26,7 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from streamimg.codecs.frame import PREFIX, SCHEMA_VERSION, FrameDecodeError
+from streamimg.codecs.frame import (
+    PREFIX,
+    SCHEMA_VERSION,
+    FrameDecodeError,
+    _header_dict,
+    _int,
+    _text,
+)
 
 GAP = PREFIX + "gap"
 FIRST_TS = GAP + ".first_ts"
@@ -132,46 +139,23 @@ def decode_gap(key: bytes | str | None, headers: Iterable[tuple[str, bytes | Non
         integer, out of range, of another schema version, not ``1`` (``streamimg.gap``),
         or inconsistent (``first_ts > last_ts``, key against stream).
     """
-    h: dict[str, bytes] = {}
-    for name, value in headers or ():
-        if name.startswith(PREFIX):
-            if name in h:
-                raise GapDecodeError(name, "header appears twice")
-            h[name] = value if value is not None else b""
-    version = _int(h, PREFIX + "schema", 0, 1 << 31)
+    h = _header_dict(headers, GapDecodeError)
+    version = _int(h, "schema", 0, 1 << 31, GapDecodeError)
     if version != SCHEMA_VERSION:
         raise GapDecodeError(PREFIX + "schema", f"version {version} unsupported (want 1)")
-    if _text(h, GAP) != "1":
+    if _text(h, "gap", GapDecodeError) != "1":
         raise GapDecodeError(GAP, f"must be '1', got {h[GAP][:32]!r}")
-    stream = _text(h, PREFIX + "stream")
+    stream = _text(h, "stream", GapDecodeError)
     if not stream:
         raise GapDecodeError(PREFIX + "stream", "empty stream id")
     if key is not None:
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
         if text != stream:
             raise GapDecodeError("key", f"{text[:64]!r} is not the stream {stream[:64]!r}")
-    first, last = _int(h, FIRST_TS, 0, MAX_TS), _int(h, LAST_TS, 0, MAX_TS)
+    first = _int(h, "gap.first_ts", 0, MAX_TS, GapDecodeError)
+    last = _int(h, "gap.last_ts", 0, MAX_TS, GapDecodeError)
     if first > last:
         raise GapDecodeError(FIRST_TS, f"{first} is after {LAST_TS} {last}")
-    frames = _int(h, FRAMES, 0, MAX_TS) if FRAMES in h else None
+    frames = _int(h, "gap.frames", 0, MAX_TS, GapDecodeError) if FRAMES in h else None
     return Gap(stream, first, last, frames)
 
-
-def _text(h: dict[str, bytes], key: str) -> str:
-    if key not in h:
-        raise GapDecodeError(key, "missing header")
-    try:
-        return h[key].decode("utf-8")
-    except UnicodeDecodeError:
-        raise GapDecodeError(key, f"not UTF-8: {h[key][:32]!r}") from None
-
-
-def _int(h: dict[str, bytes], key: str, lo: int, hi: int) -> int:
-    text = _text(h, key)
-    try:
-        value = int(text)
-    except ValueError:
-        raise GapDecodeError(key, f"not an integer: {text[:32]!r}") from None
-    if not lo <= value <= hi:
-        raise GapDecodeError(key, f"{value} outside [{lo}, {hi}]")
-    return value
