@@ -116,7 +116,7 @@ def input_header(index, ts, shape):
 
 @functools.lru_cache(maxsize=1)
 def face_detector():
-    from streamimg.analytics.detect import FaceDetector
+    from streamimg.analytics.faces import FaceDetector
 
     return FaceDetector(max_side=640)
 

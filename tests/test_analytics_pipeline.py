@@ -14,7 +14,7 @@ import streamimg
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.analytics.annotate import draw_detections, draw_palette
 from streamimg.analytics.classify import OnnxClassifier
-from streamimg.analytics.detect import FaceDetector
+from streamimg.analytics.faces import FaceDetector
 from streamimg.analytics.palette import palette
 from streamimg.codecs.frame import decode_payload, parse_header
 from streamimg.daemon import Daemon

@@ -16,17 +16,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
-from streamimg.analytics.detect import (
-    Detection,
-    FaceDetector,
-    OnnxDetector,
-    batched_nms,
-    box_iou,
-    letterbox,
-    load_session,
-    nms,
-    unletterbox_boxes,
-)
+from streamimg.analytics.boxes import batched_nms, box_iou, letterbox, nms, unletterbox_boxes
+from streamimg.analytics.detect import Detection, OnnxDetector
+from streamimg.analytics.faces import FaceDetector
+from streamimg.analytics.sessions import load_session
 
 # ------------------------------------------------------------------ helpers
 

@@ -476,7 +476,7 @@ def test_a_real_face_keeps_one_track_id_through_a_clip_and_a_restart():
     """CenterFace on 40 frames of carphone_pristine.mp4 (one man on the phone), tracked with
     the clip's capture times: one confirmed id for the face from the second frame on, and
     a dumps/loads half-way gives the same values as the uninterrupted run."""
-    from streamimg.analytics.detect import FaceDetector
+    from streamimg.analytics.faces import FaceDetector
     from streamimg.sources.video import read_video
     from tests.helpers import clip
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import color, data, exposure, transform
 
-from streamimg.analytics import transforms as T
+from streamimg.operators import color as C
+from streamimg.operators import geometry as G
 
 ASTRO = data.astronaut()  # 512x512 RGB uint8
 GRAY = cv2.cvtColor(ASTRO, cv2.COLOR_RGB2GRAY)
@@ -25,7 +26,7 @@ def batch_of(frame, n=3):
 
 def test_resize_linear_matches_skimage():
     for size in [(200, 300), (700, 900)]:
-        got = T.resize(ASTRO, size)
+        got = G.resize(ASTRO, size)
         ref = transform.resize(ASTRO, size, order=1, preserve_range=True,
                                anti_aliasing=False, mode="edge")
         assert got.shape == size + (3,) and got.dtype == np.uint8
@@ -33,33 +34,33 @@ def test_resize_linear_matches_skimage():
 
 
 def test_resize_nearest_and_area_match_skimage():
-    got = T.resize(ASTRO, (256, 256), interpolation="nearest")
+    got = G.resize(ASTRO, (256, 256), interpolation="nearest")
     ref = transform.resize(ASTRO, (256, 256), order=0, preserve_range=True,
                            anti_aliasing=False)
     np.testing.assert_array_equal(got, ref)
-    got = T.resize(ASTRO, (128, 128), interpolation="area")
+    got = G.resize(ASTRO, (128, 128), interpolation="area")
     ref = transform.downscale_local_mean(ASTRO, (4, 4, 1))
     assert np.abs(got - ref).max() <= 0.5
 
 
 def test_resize_aspect_and_max_side():
     frame = np.zeros((272, 640, 3), np.uint8)
-    assert T.resize(frame, (224, 224), keep_aspect=True).shape == (95, 224, 3)
-    assert T.resize(frame, max_side=320).shape == (136, 320, 3)
-    small = T.resize(frame, max_side=1000)
+    assert G.resize(frame, (224, 224), keep_aspect=True).shape == (95, 224, 3)
+    assert G.resize(frame, max_side=320).shape == (136, 320, 3)
+    small = G.resize(frame, max_side=1000)
     assert small.shape == frame.shape and small is not frame
-    assert T.resize(frame, 100).shape == (100, 100, 3)
+    assert G.resize(frame, 100).shape == (100, 100, 3)
 
 
 def test_resize_batch_gray_channel_and_dtype():
     b = batch_of(ASTRO)
-    got = T.resize(b, (100, 120), interpolation="cubic")
+    got = G.resize(b, (100, 120), interpolation="cubic")
     assert got.shape == (3, 100, 120, 3)
     for i in range(3):
-        np.testing.assert_array_equal(got[i], T.resize(b[i], (100, 120), interpolation="cubic"))
-    assert T.resize(GRAY[:, :, None], (50, 60)).shape == (50, 60, 1)
-    assert T.resize(GRAY, (50, 60)).shape == (50, 60)
-    f = T.resize(ASTRO.astype(np.float32) / 255, (64, 64))
+        np.testing.assert_array_equal(got[i], G.resize(b[i], (100, 120), interpolation="cubic"))
+    assert G.resize(GRAY[:, :, None], (50, 60)).shape == (50, 60, 1)
+    assert G.resize(GRAY, (50, 60)).shape == (50, 60)
+    f = G.resize(ASTRO.astype(np.float32) / 255, (64, 64))
     assert f.dtype == np.float32
 
 
@@ -72,31 +73,31 @@ def test_resize_batch_gray_channel_and_dtype():
 ])
 def test_resize_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        T.resize(ASTRO, **kwargs)
+        G.resize(ASTRO, **kwargs)
 
 
 # -------------------------------------------------------------------- crops
 
 
 def test_crop_and_center_crop():
-    got = T.crop(ASTRO, (10, 20, 110, 70))
+    got = G.crop(ASTRO, (10, 20, 110, 70))
     np.testing.assert_array_equal(got, ASTRO[20:70, 10:110])
     b = batch_of(ASTRO)
-    np.testing.assert_array_equal(T.crop(b, (0, 0, 5, 6)), b[:, :6, :5])
-    cc = T.center_crop(np.arange(7 * 9).reshape(7, 9), (3, 4))
+    np.testing.assert_array_equal(G.crop(b, (0, 0, 5, 6)), b[:, :6, :5])
+    cc = G.center_crop(np.arange(7 * 9).reshape(7, 9), (3, 4))
     np.testing.assert_array_equal(cc, np.arange(63).reshape(7, 9)[2:5, 2:6])
-    assert T.center_crop(b, 224).shape == (3, 224, 224, 3)
+    assert G.center_crop(b, 224).shape == (3, 224, 224, 3)
 
 
 @pytest.mark.parametrize("box", [(0, 0, 513, 10), (-1, 0, 5, 5), (5, 5, 5, 9), (0, 0, 1.5, 3)])
 def test_crop_rejects_bad_boxes(box):
     with pytest.raises(ValueError, match="box"):
-        T.crop(ASTRO, box)
+        G.crop(ASTRO, box)
 
 
 def test_center_crop_too_large():
     with pytest.raises(ValueError, match="larger"):
-        T.center_crop(ASTRO, (600, 10))
+        G.center_crop(ASTRO, (600, 10))
 
 
 # ------------------------------------------------------------------- colour
@@ -104,21 +105,21 @@ def test_center_crop_too_large():
 
 def test_gray_is_bt601():
     ref = ASTRO.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    got = T.convert_color(ASTRO, "RGB", "GRAY")
+    got = C.convert_color(ASTRO, "RGB", "GRAY")
     assert got.shape == (512, 512) and np.abs(got - ref).max() <= 1.0
-    bgr = T.convert_color(ASTRO, "RGB", "BGR")
+    bgr = C.convert_color(ASTRO, "RGB", "BGR")
     np.testing.assert_array_equal(bgr, ASTRO[:, :, ::-1])
-    np.testing.assert_array_equal(T.convert_color(bgr, "bgr", "gray"), got)
+    np.testing.assert_array_equal(C.convert_color(bgr, "bgr", "gray"), got)
 
 
 def test_hsv_ranges_match_skimage():
     ref = color.rgb2hsv(ASTRO)
-    hsv = T.convert_color(ASTRO, "RGB", "HSV")
+    hsv = C.convert_color(ASTRO, "RGB", "HSV")
     dh = np.abs(hsv[..., 0] - ref[..., 0] * 180)
     assert hsv.dtype == np.uint8 and hsv[..., 0].max() < 180
     assert np.minimum(dh, 180 - dh).max() <= 1.0
     assert np.abs(hsv[..., 1:] - ref[..., 1:] * 255).max() <= 1.0
-    hsvf = T.convert_color(ASTRO.astype(np.float64) / 255, "RGB", "HSV")  # float64 -> float32
+    hsvf = C.convert_color(ASTRO.astype(np.float64) / 255, "RGB", "HSV")  # float64 -> float32
     assert hsvf.dtype == np.float32
     dh = np.abs(hsvf[..., 0] - ref[..., 0] * 360)
     chromatic = ref[..., 1] > 0.05
@@ -128,25 +129,25 @@ def test_hsv_ranges_match_skimage():
 
 def test_lab_ranges_match_skimage():
     ref = color.rgb2lab(ASTRO)
-    labf = T.convert_color(ASTRO.astype(np.float32) / 255, "RGB", "Lab")
+    labf = C.convert_color(ASTRO.astype(np.float32) / 255, "RGB", "Lab")
     assert np.abs(labf - ref).max() < 0.5
-    lab8 = T.convert_color(ASTRO, "RGB", "LAB")
+    lab8 = C.convert_color(ASTRO, "RGB", "LAB")
     assert np.abs(lab8[..., 0] - ref[..., 0] * 255 / 100).max() <= 2
     assert np.abs(lab8[..., 1:].astype(float) - 128 - ref[..., 1:]).max() <= 3
-    back = T.convert_color(labf, "Lab", "RGB")
+    back = C.convert_color(labf, "Lab", "RGB")
     np.testing.assert_allclose(back, ASTRO / 255, atol=1 / 255)  # OpenCV's float Lab is approximate
 
 
 def test_indirect_conversions_and_batches():
-    hsv = T.convert_color(ASTRO, "RGB", "HSV")
-    via = T.convert_color(hsv, "HSV", "Lab")
+    hsv = C.convert_color(ASTRO, "RGB", "HSV")
+    via = C.convert_color(hsv, "HSV", "Lab")
     np.testing.assert_array_equal(
-        via, T.convert_color(T.convert_color(hsv, "HSV", "RGB"), "RGB", "Lab"))
+        via, C.convert_color(C.convert_color(hsv, "HSV", "RGB"), "RGB", "Lab"))
     b = batch_of(ASTRO)
-    g = T.convert_color(b, "RGB", "GRAY")
+    g = C.convert_color(b, "RGB", "GRAY")
     assert g.shape == (3, 512, 512, 1)
-    np.testing.assert_array_equal(g[1, :, :, 0], T.convert_color(b[1], "RGB", "GRAY"))
-    rgb = T.convert_color(g, "GRAY", "RGB")
+    np.testing.assert_array_equal(g[1, :, :, 0], C.convert_color(b[1], "RGB", "GRAY"))
+    rgb = C.convert_color(g, "GRAY", "RGB")
     assert rgb.shape == (3, 512, 512, 3)
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
 
@@ -159,44 +160,44 @@ def test_indirect_conversions_and_batches():
 ])
 def test_convert_color_errors(src, dst, frame, match):
     with pytest.raises(ValueError, match=match):
-        T.convert_color(frame, src, dst)
+        C.convert_color(frame, src, dst)
 
 
 # ---------------------------------------------------------------- normalise
 
 
 def test_normalize():
-    x = T.normalize(ASTRO)
+    x = C.normalize(ASTRO)
     assert x.dtype == np.float32 and x.max() == 1.0
     np.testing.assert_allclose(x, ASTRO / 255.0, rtol=1e-6)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    got = T.normalize(batch_of(ASTRO), mean, std)
+    got = C.normalize(batch_of(ASTRO), mean, std)
     ref = (batch_of(ASTRO) / 255.0 - np.array(mean)) / np.array(std)
     np.testing.assert_allclose(got, ref, atol=1e-5)
-    np.testing.assert_allclose(T.normalize(np.array([[65535]], np.uint16)), [[1.0]])
+    np.testing.assert_allclose(C.normalize(np.array([[65535]], np.uint16)), [[1.0]])
     with pytest.raises(ValueError, match="mean"):
-        T.normalize(ASTRO, mean=(0.5, 0.5))
+        C.normalize(ASTRO, mean=(0.5, 0.5))
     with pytest.raises(ValueError, match="std"):
-        T.normalize(ASTRO, std=0)
+        C.normalize(ASTRO, std=0)
 
 
 # ---------------------------------------------------------------- histogram
 
 
 def test_equalize_hist_gray_matches_textbook_formula():
-    got = T.equalize_hist(GRAY)
+    got = C.equalize_hist(GRAY)
     cdf = np.cumsum(np.bincount(GRAY.ravel(), minlength=256))
     cmin = cdf[cdf > 0][0]
     ref = np.rint((cdf[GRAY] - cmin) / (GRAY.size - cmin) * 255)
     assert np.abs(got - ref).max() <= 1
     dull = (GRAY // 4 + 90).astype(np.uint8)  # values 90..153
-    out = T.equalize_hist(dull)
+    out = C.equalize_hist(dull)
     assert out.min() == 0 and out.max() == 255
 
 
 def test_equalize_hist_colour_equalises_lightness_keeps_hue():
     dull = (ASTRO // 3 + 60).astype(np.uint8)
-    got = T.equalize_hist(dull)
+    got = C.equalize_hist(dull)
     L = cv2.cvtColor(got, cv2.COLOR_RGB2Lab)[..., 0]
     assert L.min() < 15 and L.max() > 240
     h_in, h_out = color.rgb2hsv(dull)[..., 0], color.rgb2hsv(got)[..., 0]
@@ -206,62 +207,62 @@ def test_equalize_hist_colour_equalises_lightness_keeps_hue():
 
 
 def test_clahe_close_to_skimage_and_batches():
-    got = T.clahe(GRAY, clip_limit=2.0, tile_grid=(8, 8))
+    got = C.clahe(GRAY, clip_limit=2.0, tile_grid=(8, 8))
     ref = exposure.equalize_adapthist(GRAY, clip_limit=0.01, kernel_size=64) * 255
     assert np.abs(got - ref).mean() < 4
     b = batch_of(ASTRO, 2)
-    out = T.clahe(b)
+    out = C.clahe(b)
     assert out.shape == b.shape and out.dtype == np.uint8
-    np.testing.assert_array_equal(out[1], T.clahe(b[1]))
-    assert T.clahe(GRAY[:, :, None]).shape == (512, 512, 1)
+    np.testing.assert_array_equal(out[1], C.clahe(b[1]))
+    assert C.clahe(GRAY[:, :, None]).shape == (512, 512, 1)
     with pytest.raises(ValueError, match="uint8"):
-        T.clahe(GRAY.astype(np.float32))
+        C.clahe(GRAY.astype(np.float32))
     with pytest.raises(ValueError, match="clip_limit"):
-        T.clahe(GRAY, clip_limit=0)
+        C.clahe(GRAY, clip_limit=0)
 
 
 # ----------------------------------------------------------- flips, rotation
 
 
 def test_flips_match_opencv():
-    np.testing.assert_array_equal(T.hflip(ASTRO), cv2.flip(ASTRO, 1))
-    np.testing.assert_array_equal(T.vflip(ASTRO), cv2.flip(ASTRO, 0))
+    np.testing.assert_array_equal(G.hflip(ASTRO), cv2.flip(ASTRO, 1))
+    np.testing.assert_array_equal(G.vflip(ASTRO), cv2.flip(ASTRO, 0))
     b = batch_of(ASTRO)
-    got = T.flip(b, 1)
+    got = G.flip(b, 1)
     assert got.flags.c_contiguous
     for i in range(3):
         np.testing.assert_array_equal(got[i], cv2.flip(b[i], 1))
     with pytest.raises(ValueError, match="axis"):
-        T.flip(ASTRO, 2)
+        G.flip(ASTRO, 2)
 
 
 def test_rot90_matches_opencv():
     frame = ASTRO[:100, :150]
-    np.testing.assert_array_equal(T.rot90(frame, 1),
+    np.testing.assert_array_equal(G.rot90(frame, 1),
                                   cv2.rotate(frame, cv2.ROTATE_90_COUNTERCLOCKWISE))
-    np.testing.assert_array_equal(T.rot90(frame, -1), cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE))
-    np.testing.assert_array_equal(T.rot90(frame, 2), cv2.rotate(frame, cv2.ROTATE_180))
+    np.testing.assert_array_equal(G.rot90(frame, -1), cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE))
+    np.testing.assert_array_equal(G.rot90(frame, 2), cv2.rotate(frame, cv2.ROTATE_180))
     b = batch_of(frame)
-    assert T.rot90(b, 1).shape == (3, 150, 100, 3)
-    np.testing.assert_array_equal(T.rot90(b, 1)[2], T.rot90(b[2], 1))
+    assert G.rot90(b, 1).shape == (3, 150, 100, 3)
+    np.testing.assert_array_equal(G.rot90(b, 1)[2], G.rot90(b[2], 1))
 
 
 @settings(max_examples=30, deadline=None)
 @given(h=st.integers(1, 9), w=st.integers(1, 9), k=st.integers(-5, 5), seed=st.integers(0, 99))
 def test_rot90_inverse_and_flip_involution(h, w, k, seed):
     frame = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(T.rot90(T.rot90(frame, k), -k), frame)
-    np.testing.assert_array_equal(T.hflip(T.hflip(frame)), frame)
-    np.testing.assert_array_equal(T.rot90(frame, 2), T.hflip(T.vflip(frame)))
+    np.testing.assert_array_equal(G.rot90(G.rot90(frame, k), -k), frame)
+    np.testing.assert_array_equal(G.hflip(G.hflip(frame)), frame)
+    np.testing.assert_array_equal(G.rot90(frame, 2), G.hflip(G.vflip(frame)))
 
 
 def test_inputs_are_not_modified_and_bad_ndim():
     before = ASTRO.copy()
-    for fn in (T.hflip, T.equalize_hist, T.clahe, lambda f: T.resize(f, (9, 9))):
+    for fn in (G.hflip, C.equalize_hist, C.clahe, lambda f: G.resize(f, (9, 9))):
         fn(ASTRO)
     np.testing.assert_array_equal(ASTRO, before)
     with pytest.raises(ValueError, match="shape"):
-        T.resize(np.zeros((2, 2, 2, 2, 2), np.uint8), (3, 3))
+        G.resize(np.zeros((2, 2, 2, 2, 2), np.uint8), (3, 3))
 
 
 @pytest.mark.parametrize("dst,order", [("HSV", "HSV"), ("lab", "Lab"), ("BGR", "BGR"),

@@ -1,1 +1,1 @@
-# Per-frame analytics: palette, detection, classification, transforms, annotation.
+# Per-frame analytics: palette, detection, classification, annotation.

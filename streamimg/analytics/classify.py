@@ -4,11 +4,11 @@ The ResNet50 step of seed 002 (Spark image source -> resize to 224x224 -> batch
 inference), for frames in this project's convention: RGB uint8 ``(H, W, 3)``.
 Mind the BGR trap the seed describes: Spark's image source (and
 ``cv2.imread``) yields BGR; convert with
-``transforms.convert_color(frame, "BGR", "RGB")`` before classifying, and set
+``streamimg.operators.color.convert_color(frame, "BGR", "RGB")`` before classifying, and set
 ``channel_order="BGR"`` only when the *model* expects BGR input (e.g. Keras'
 ``resnet50.preprocess_input``, "caffe" mode).
 
-Sessions come from :func:`streamimg.analytics.detect.load_session`: one per
+Sessions come from :func:`streamimg.analytics.sessions.load_session`: one per
 model file per process, one intra-op thread by default.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from streamimg.analytics.detect import DEFAULT_PROVIDERS, _dynamic_batch, load_session
+from streamimg.analytics.sessions import DEFAULT_PROVIDERS, dynamic_batch, load_session
 
 __all__ = ["Classification", "OnnxClassifier", "softmax"]
 
@@ -208,7 +208,7 @@ class OnnxClassifier:
                for d, s in zip(spatial, self.input_size, strict=False)):
             raise ValueError(f"input_size={self.input_size} with layout {self.layout} does not "
                              f"match the model's input {shape}")
-        if _dynamic_batch(session):
+        if dynamic_batch(session):
             scores = session.run(None, {name: x})[0]
         else:
             scores = np.concatenate([session.run(None, {name: x[i:i + 1]})[0]

