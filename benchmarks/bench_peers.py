@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_peers.py [--quick] [--frames N] [--levels light heavy]
        [--rate FPS] [--latency-frames N] [--no-latency] [--streamimg CONFIG ...]
-       [--only NAME ...] [--out PATH]
+       [--repeat N] [--only NAME ...] [--out PATH]
 
 N raw 720p frames (bigbuckbunny.mp4 looped; 528, or 96 with --quick) are produced once to
 ``peers.in`` (2 partitions, one stream each). Every variant does the work of ``peers_work.py``
@@ -34,7 +34,14 @@ minor page faults per frame over the join-to-last-commit window (the sampler's o
 subtracted). Then every output is read back: one frame and one palette per input (stream,
 frame), frame bytes (BLAKE2) and palettes equal to ``plain1``'s; otherwise FAILED.
 
-Latency (light work, every Kafka variant, fresh topics): probe frames every 0.5 s until the
+Throughput is measured ``--repeat`` times (3) per variant, the Kafka variants in turns
+(A B C, A B C, ...), so that a slow spell of the shared host falls on every variant rather
+than on one; each variant reports its median run and the range. (Three runs of the same
+daemon in one benchmark run on this machine gave 17.9, 22.9 and 30.5 frames/s, with the
+broker's CPU per frame at 41, 28 and 23 ms: the host is shared and not steady.)
+
+Latency (light work, every Kafka variant, fresh topics, ``--repeat`` runs in turns, the run
+with the median p50 reported): probe frames every 0.5 s until the
 first output shows, then ``--latency-frames`` frames at ``--rate`` frames/s (and TAIL more,
 unmeasured). A ``read_committed`` observer (``fetch.wait.max.ms`` 10) timestamps arrivals on
 ``NAME.analytics`` only: the exactly-once variants commit both outputs in one transaction and
@@ -54,6 +61,7 @@ import math
 import os
 import platform
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -115,7 +123,9 @@ def outputs(name):
 
 
 def group_name(label):
-    return label.replace("[", ".").replace("]", "").replace("=", "").replace(",", ".")
+    """A consumer group, topic and file name for a variant label: ``[]=,/:`` and the like
+    become dots."""
+    return re.sub(r"[^A-Za-z0-9_-]+", ".", label).strip(".")
 
 
 def consume(consumer, n, timeout):
@@ -385,10 +395,12 @@ def run_streamimg(ctx, name, level, topic, monitor, config):
     cmd = [sys.executable, "-m", "streamimg.cli", "run", str(path), "--bootstrap",
            ctx.kafka.bootstrap, "--instance", "0", "--stats-file", str(ctx.tmp / f"{name}.json"),
            "--create-topics"]
-    for k, v in config.items():  # anything else is a `streamimg run` option
-        if k not in BATCHING:
-            cmd += [f"--{k.replace('_', '-')}", *([] if v is True else [str(v)])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
+    for k, v in config.items():
+        if k.isupper():  # an environment variable: Dask configuration, another checkout
+            env[k] = str(v)
+        elif k not in BATCHING:  # anything else is a `streamimg run` option
+            cmd += [f"--{k.replace('_', '-')}", *([] if v is True else [str(v)])]
     log_path = ctx.tmp / f"{name}.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ctx.tmp,
@@ -586,12 +598,59 @@ def run_latency(ctx, key, config, name, frames):
             "series_ms": [round(float(x)) for x in lat]}
 
 
+def median_latency(runs):
+    """The latency run with the median p50 (the lower middle one of an even count), with
+    every run's p50 and p95 in ``repeats``; the first failed run if any failed."""
+    bad = [r for r in runs if r.get("error")]
+    if bad:
+        return bad[0]
+    ordered = sorted(runs, key=lambda r: r["p50_ms"])
+    return {**ordered[(len(ordered) - 1) // 2],
+            "repeats": {q: [r[q] for r in runs] for q in ("p50_ms", "p95_ms")}}
+
+
+def run_once(ctx, key, label, config, level, turn, n, ref):
+    """One throughput run of one variant on fresh output topics; its result dict."""
+    name = group_name(f"{label}-{level}" + (f"-{turn}" if turn else ""))
+    log(f"[{level}] {label}" + (f" (turn {turn + 1})" if ctx.args.repeat > 1 else ""))
+    monitor, t0, error = run_variant(ctx, key, config, name, level, INPUT, lambda: n)
+    r = {"error": error} if error else {}
+    try:
+        r.update(summarize(monitor, t0, key != "streamimg"))
+        r["check"] = verify(ctx.kafka, name, n, ref)
+    except Exception as exc:
+        r.setdefault("error", f"{type(exc).__name__}: {exc}")
+    if (ctx.tmp / f"{name}.json").exists():
+        r["daemon_stats"] = json.loads((ctx.tmp / f"{name}.json").read_text())
+    log(f"[{level}] {label}: {r.get('frames_per_s')} frames/s after join, "
+        f"{'FAILED: ' + failure(r) if failure(r) else 'ok'}")
+    delete_topics(ctx.kafka, [*outputs(name), f"{name}.dlq"])
+    return r
+
+
+def median_run(runs):
+    """The run with the median frames/s (the lower middle one of an even count), with
+    every run's frames/s and CPU in ``repeats``; the first failed run if any failed."""
+    bad = [r for r in runs if failure(r) or "frames_per_s" not in r]
+    if bad:
+        return bad[0]
+    ordered = sorted(runs, key=lambda r: r["frames_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "repeats": {
+        "frames_per_s": [r["frames_per_s"] for r in runs],
+        "cpu_ms_per_frame_excl_broker": [
+            round(sum(v for k, v in r["cpu_ms_per_frame"].items() if k != "broker"), 1)
+            for r in runs]}}
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
 def parse_config(text):
     """``default`` or ``KEY=VALUE,...``: Topology batching (max_frames, max_wait_ms,
-    max_in_flight) or ``streamimg run`` options (``workers=2``; a bare KEY is a flag)."""
+    max_in_flight), ``streamimg run`` options (``workers=2``; a bare KEY is a flag) or, for a
+    KEY in capitals, an environment variable of the daemon: its Dask configuration
+    (``DASK_DISTRIBUTED__...=VALUE``), or ``PYTHONPATH=benchmarks:OTHER_CHECKOUT`` to
+    compare two versions of streamimg in one run."""
     config = {}
     for item in [] if text == "default" else text.split(","):
         key, eq, value = item.partition("=")
@@ -639,6 +698,12 @@ def failure(r):
     return r.get("latency", {}).get("error")
 
 
+def spread(r):
+    """`` (lo-hi)`` of a variant's runs' frames/s, or nothing for a single run."""
+    fps = r.get("repeats", {}).get("frames_per_s", [])
+    return f" ({min(fps):.1f}-{max(fps):.1f})" if len(fps) > 1 else ""
+
+
 def markdown(result):
     m = result["machine"]
     lines = [f"{result['frames']} frames of bigbuckbunny.mp4 (1280x720 RGB, raw), "
@@ -664,12 +729,16 @@ def markdown(result):
             ratios = " | ".join("-" if x is None else f"{x:.2f}" for x in r["ratios"].values())
             lines.append(
                 f"| {level} | {label} | {r['frames_per_s_from_start']:.1f} | "
-                f"{r['frames_per_s']:.1f} | {ratios} | "
+                f"{r['frames_per_s']:.1f}{spread(r)} | {ratios} | "
                 f"{' / '.join(str(cpu.get(k, '-')) for k in ('main', 'workers', 'broker'))} | "
                 f"{own:.1f} ({own - plain:+.1f}) | "
                 + (f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f}" if "p50_ms" in lat else "-")
+                + (f" (p50 {min(p50):.0f}-{max(p50):.0f})"
+                   if len(p50 := lat.get("repeats", {}).get("p50_ms", [])) > 1 else "")
                 + f" | {status} |")
-    lines += ["", "CPU per frame from the group join to the last commit. main: this process "
+    lines += ["", "Frames/s after join: the median of the runs (all variants in turns), their "
+              "range in brackets; its CPU is that run's. "
+              "CPU per frame from the group join to the last commit. main: this process "
               "(Quix, txloop; streamz with the Dask scheduler and nannies) or the streamimg "
               "daemon (with its scheduler and, by default, its worker threads); workers: Dask "
               "worker processes. Other load: CPU of processes outside the benchmark, in cores."]
@@ -687,7 +756,11 @@ def main(argv=None):
     p.add_argument("--streamimg", action="append", metavar="CONFIG", type=parse_config,
                    help="a streamimg variant (repeatable): 'default' or KEY=VALUE,... of "
                         "Topology batching or `streamimg run` options, e.g. "
-                        f"'max_frames=16,max_in_flight=2' or 'processes'; {DEFAULT_STREAMIMG}")
+                        f"'max_frames=16,max_in_flight=2', 'processes' or "
+                        f"'DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=20ms'; {DEFAULT_STREAMIMG}")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="throughput runs per variant, in turns (3): each variant's median "
+                        "run is reported, with the spread")
     p.add_argument("--quix-commit-every", type=int, default=8,
                    help="Quix checkpoint every N messages (8, as the others' batches; 0: off)")
     p.add_argument("--quix-commit-interval", type=float, default=5.0,
@@ -703,6 +776,8 @@ def main(argv=None):
     n = args.frames or (96 if args.quick else 528)
     if n < 16:
         p.error("--frames must be >= 16")
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     variants = [(k, k, None) for k in PEERS] + [
         ("streamimg", "streamimg" if not c else f"streamimg[{text}]", c)
         for text, c in zip(args.streamimg, configs, strict=True)]
@@ -717,13 +792,19 @@ def main(argv=None):
     results, refs = {level: {} for level in args.levels}, {}
     for level in args.levels:
         log(f"[{level}] plain loop, 1 thread")
-        results[level]["plain1"], refs[level] = run_plain(frames, level, 1)
-        results[level]["plain1"]["check"] = {"ok": True, "reference": True}
+        runs = []
+        for _ in range(args.repeat):
+            r, refs[level] = run_plain(frames, level, 1)
+            runs.append({**r, "check": {"ok": True, "reference": True}})
+        results[level]["plain1"] = median_run(runs)
         if not args.only or "plain2" in args.only:
             log(f"[{level}] plain loop, 2 threads")
-            r, out = run_plain(frames, level, 2)
-            bad = sum(o != x for o, x in zip(out, refs[level], strict=True))
-            results[level]["plain2"] = {**r, "check": {"mismatched": bad, "ok": bad == 0}}
+            runs = []
+            for _ in range(args.repeat):
+                r, out = run_plain(frames, level, 2)
+                bad = sum(o != x for o, x in zip(out, refs[level], strict=True))
+                runs.append({**r, "check": {"mismatched": bad, "ok": bad == 0}})
+            results[level]["plain2"] = median_run(runs)
     with ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker())
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-peers-")))
@@ -736,30 +817,25 @@ def main(argv=None):
                 SourceFrame(i, 1_700_000_000_000 + 40 * i, frames[i])
                 for i in range(part, n, PARTITIONS)), stream=f"{STREAM}-{part}", partition=part)
         for level in args.levels:
-            for key, label, config in variants:
-                name = group_name(f"{label}-{level}")
-                log(f"[{level}] {label}")
-                monitor, t0, error = run_variant(ctx, key, config, name, level, INPUT,
-                                                 lambda: n)
-                r = {"error": error} if error else {}
-                try:
-                    r.update(summarize(monitor, t0, key != "streamimg"))
-                    r["check"] = verify(ctx.kafka, name, n, refs[level])
-                except Exception as exc:
-                    r.setdefault("error", f"{type(exc).__name__}: {exc}")
-                if (tmp / f"{name}.json").exists():
-                    r["daemon_stats"] = json.loads((tmp / f"{name}.json").read_text())
-                results[level][label] = r
-                log(f"[{level}] {label}: {r.get('frames_per_s')} frames/s after join, "
-                    f"{'FAILED: ' + failure(r) if failure(r) else 'ok'}")
-                delete_topics(ctx.kafka, [*outputs(name), f"{name}.dlq"])
+            runs = {label: [] for _, label, _ in variants}
+            for turn in range(args.repeat):  # in turns: a slow spell of the host hits all
+                for key, label, config in variants:
+                    runs[label].append(run_once(ctx, key, label, config, level, turn, n,
+                                                refs[level]))
+            for label, rs in runs.items():
+                results[level][label] = median_run(rs)
         if "light" in args.levels and not args.no_latency:
-            for key, label, config in variants:
-                log(f"[latency] {label} at {args.rate} frames/s")
-                lat = run_latency(ctx, key, config, group_name(f"lat-{label}"), frames)
-                results["light"][label]["latency"] = lat
-                log(f"[latency] {label}: " + json.dumps({k: v for k, v in lat.items()
-                                                          if k != "series_ms"}))
+            lats = {label: [] for _, label, _ in variants}
+            for turn in range(args.repeat):
+                for key, label, config in variants:
+                    log(f"[latency] {label} at {args.rate} frames/s"
+                        + (f" (turn {turn + 1})" if args.repeat > 1 else ""))
+                    lats[label].append(run_latency(ctx, key, config, group_name(
+                        f"lat-{label}" + (f"-{turn}" if turn else "")), frames))
+                    log(f"[latency] {label}: " + json.dumps(
+                        {k: v for k, v in lats[label][-1].items() if k != "series_ms"}))
+            for label, runs in lats.items():
+                results["light"][label]["latency"] = median_latency(runs)
         broker_rss = psutil.Process(broker.process.pid).memory_info().rss
     add_ratios(results)
     result = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

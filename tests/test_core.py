@@ -231,3 +231,21 @@ def test_a_lone_frame_is_not_held_for_max_wait_when_the_workers_are_idle(kafka, 
     _, events = run_to_end(topology, kafka, client, topic, ends, timeout_s=60)
     assert time.monotonic() - started < 60  # not 120 s
     assert events.submitted_frames == [1] and events.outcomes == ["committed"]
+
+
+def test_an_in_process_cluster_wakes_its_event_loop_less_unless_configured():
+    # The loop's self-timing (admin.tick) every 200 ms instead of 20, profiling every
+    # 100 ms instead of 10: both take the GIL from the worker threads. A user's own Dask
+    # configuration of either key wins.
+    import dask
+
+    from streamimg.cluster import in_process_cluster
+
+    with in_process_cluster(threads=1) as cluster:
+        (worker,) = cluster.workers.values()
+        assert cluster.scheduler._tick_interval == worker._tick_interval == 0.2
+        assert dask.config.get("distributed.admin.tick.interval") == "20ms"  # not leaked
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}), \
+            in_process_cluster(threads=1) as cluster:
+        (worker,) = cluster.workers.values()
+        assert cluster.scheduler._tick_interval == worker._tick_interval == 0.05
