@@ -598,17 +598,6 @@ def run_latency(ctx, key, config, name, frames):
             "series_ms": [round(float(x)) for x in lat]}
 
 
-def median_latency(runs):
-    """The latency run with the median p50 (the lower middle one of an even count), with
-    every run's p50 and p95 in ``repeats``; the first failed run if any failed."""
-    bad = [r for r in runs if r.get("error")]
-    if bad:
-        return bad[0]
-    ordered = sorted(runs, key=lambda r: r["p50_ms"])
-    return {**ordered[(len(ordered) - 1) // 2],
-            "repeats": {q: [r[q] for r in runs] for q in ("p50_ms", "p95_ms")}}
-
-
 def run_once(ctx, key, label, config, level, turn, n, ref):
     """One throughput run of one variant on fresh output topics; its result dict."""
     name = group_name(f"{label}-{level}" + (f"-{turn}" if turn else ""))
@@ -628,18 +617,18 @@ def run_once(ctx, key, label, config, level, turn, n, ref):
     return r
 
 
-def median_run(runs):
-    """The run with the median frames/s (the lower middle one of an even count), with
-    every run's frames/s and CPU in ``repeats``; the first failed run if any failed."""
-    bad = [r for r in runs if failure(r) or "frames_per_s" not in r]
+def median_run(runs, key=lambda r: r.get("frames_per_s"), spread=None, failed=None):
+    """The run with the median ``key`` (the lower middle one of an even count), with
+    ``spread`` of every run in ``repeats`` (frames/s and CPU by default); the first run
+    that ``failed`` (:func:`failure` by default) if any did."""
+    bad = [r for r in runs if (failed or failure)(r) or key(r) is None]
     if bad:
         return bad[0]
-    ordered = sorted(runs, key=lambda r: r["frames_per_s"])
-    return {**ordered[(len(ordered) - 1) // 2], "repeats": {
-        "frames_per_s": [r["frames_per_s"] for r in runs],
-        "cpu_ms_per_frame_excl_broker": [
-            round(sum(v for k, v in r["cpu_ms_per_frame"].items() if k != "broker"), 1)
-            for r in runs]}}
+    spread = spread or {"frames_per_s": key, "cpu_ms_per_frame_excl_broker": lambda r: round(
+        sum(v for k, v in r["cpu_ms_per_frame"].items() if k != "broker"), 1)}
+    ordered = sorted(runs, key=key)
+    return {**ordered[(len(ordered) - 1) // 2],
+            "repeats": {name: [f(r) for r in runs] for name, f in spread.items()}}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -757,7 +746,7 @@ def main(argv=None):
                    help="a streamimg variant (repeatable): 'default' or KEY=VALUE,... of "
                         "Topology batching or `streamimg run` options, e.g. "
                         f"'max_frames=16,max_in_flight=2', 'processes' or "
-                        f"'DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=20ms'; {DEFAULT_STREAMIMG}")
+                        f"'DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=50ms'; {DEFAULT_STREAMIMG}")
     p.add_argument("--repeat", type=int, default=3,
                    help="throughput runs per variant, in turns (3): each variant's median "
                         "run is reported, with the spread")
@@ -835,7 +824,10 @@ def main(argv=None):
                     log(f"[latency] {label}: " + json.dumps(
                         {k: v for k, v in lats[label][-1].items() if k != "series_ms"}))
             for label, runs in lats.items():
-                results["light"][label]["latency"] = median_latency(runs)
+                results["light"][label]["latency"] = median_run(
+                    runs, key=lambda r: r.get("p50_ms"),
+                    spread={q: lambda r, q=q: r[q] for q in ("p50_ms", "p95_ms")},
+                    failed=lambda r: r.get("error"))
         broker_rss = psutil.Process(broker.process.pid).memory_info().rss
     add_ratios(results)
     result = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

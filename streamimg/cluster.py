@@ -93,7 +93,8 @@ def _unless_configured(settings: dict[str, str]) -> dict[str, str]:
     """``settings`` without the keys the user configured (YAML or ``DASK_*`` variables).
 
     A key counts as configured when its value differs from the one Dask and distributed
-    ship with, so a user's own ``distributed.admin.tick.interval`` wins over ours.
+    ship with, so a user's own ``distributed.admin.tick.interval`` wins over ours. (A
+    setting equal to the shipped value cannot be told from none: it gets ours.)
     """
     shipped = dask.config.merge(*dask.config.defaults)
     return {k: v for k, v in settings.items()
