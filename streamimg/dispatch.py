@@ -44,7 +44,7 @@ from distributed import Client, Future, wait
 
 from streamimg.batching import Batch, DeadLetter
 from streamimg.plan import Program
-from streamimg.sinks.records import gap_record, lineage_headers
+from streamimg.sinks.records import gap_record, lineage_headers, value_nbytes
 from streamimg.state import StateError, StateResult, pending_of, run_state, with_partition
 from streamimg.worker import HANDOFF, ChunkResult, run_chunk, run_local_chunk
 
@@ -152,7 +152,7 @@ class Dispatcher:
         k = min(n, max(1, sum(self._workers().values())))
         bounds = [(j * n // k, (j + 1) * n // k) for j in range(k)] if n else []
         item = InFlight(seq, epoch, batch, bounds, [], [0] * len(bounds),
-                        sum(_nbytes(p) for p in batch.payloads), time.time())
+                        sum(value_nbytes(p) for p in batch.payloads), time.time())
         try:
             item.futures = [self._submit_chunk(item, j) for j in range(len(bounds))]
         except ChunkFailed:
@@ -352,10 +352,6 @@ def _release(item: InFlight) -> None:
     for key in item.handoffs:
         HANDOFF.pop(key, None)
     item.handoffs.clear()
-
-
-def _nbytes(payload: Any) -> int:
-    return int(getattr(payload, "nbytes", None) or len(payload))
 
 
 def _exception(fut: Future) -> BaseException:

@@ -21,6 +21,29 @@ def batch(seq, epoch, topic, offset, metadata):
                          [], f"{topic}.dlq", {(topic, 0): offset}, metadata)
 
 
+def test_frame_buffers_are_produced_byte_for_byte(kafka, uid):
+    """A record value may be encode_frame's buffer (an ndarray): the broker gets its bytes."""
+    import numpy as np
+
+    from streamimg.codecs.frame import encode_frame
+
+    topic = f"buf-{uid}"
+    ensure_topics(kafka, [topic])
+    frames = [np.random.default_rng(i).integers(0, 256, (72, 128, 3), dtype=np.uint8)
+              for i in range(3)]
+    values = [encode_frame(f, stream="s", index=i, buffer=True)[0] for i, f in enumerate(frames)]
+    checkpoint = Checkpoint(kafka.producer(f"t-{uid}"))
+    checkpoint.start()
+    try:
+        consumer = Consumer(kafka.consumer(f"g-{uid}", "c"))
+        checkpoint.commit([(topic, b"s", v, []) for v in values], [],
+                          consumer.consumer_group_metadata())
+        consumer.close()
+    finally:
+        checkpoint.close()
+    assert [m.value() for m in read_topic(kafka, topic)] == [f.tobytes() for f in frames]
+
+
 def test_waiting_batches_share_a_transaction_and_discarded_epochs_never_commit(kafka, uid):
     topic, group = f"in-{uid}", f"g-{uid}"
     ensure_topics(kafka, [topic, f"{topic}.out", f"{topic}.dlq"])

@@ -61,6 +61,25 @@ def test_raw_decode_is_a_view_without_copy():
     assert np.shares_memory(out, np.frombuffer(value, np.uint8))
 
 
+@pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
+def test_buffer_value_is_the_bytes_without_a_copy_of_a_raw_frame(encoding):
+    frame = _frame("uint8", 3, 72, 128)
+    as_bytes, headers = encode_frame(frame, stream="s", index=0, timestamp_ms=1,
+                                     encoding=encoding)
+    value, same = encode_frame(frame, stream="s", index=0, timestamp_ms=1, encoding=encoding,
+                               buffer=True)
+    assert same == headers and value.dtype == np.uint8 and value.ndim == 1
+    assert len(value) == value.nbytes == len(as_bytes) and value.tobytes() == as_bytes
+    assert not value.flags.writeable and frame.flags.writeable
+    assert np.shares_memory(value, frame) == (encoding == "raw")
+    out = decode_payload(parse_header(headers), value)
+    assert np.array_equal(out, decode_payload(parse_header(headers), as_bytes))
+    if encoding == "raw":  # a frame that is not C-contiguous is copied, as for bytes
+        view = frame[:, ::2]
+        value, _ = encode_frame(view, stream="s", index=0, buffer=True)
+        assert value.tobytes() == np.ascontiguousarray(view).tobytes()
+
+
 def test_grey_2d_frame_gets_one_channel():
     value, headers = encode_frame(np.zeros((5, 6), np.uint8), stream="s", index=1)
     assert parse_header(headers).shape == (5, 6, 1)

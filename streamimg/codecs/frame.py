@@ -189,8 +189,9 @@ def parse_header(headers: Iterable[tuple[str, bytes | None]] | None) -> FrameHea
     )
 
 
-def decode_payload(header: FrameHeader, payload: bytes | memoryview) -> np.ndarray:
-    """Decode a frame's payload into an array of shape ``header.shape``.
+def decode_payload(header: FrameHeader,
+                   payload: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """Decode a frame's payload (bytes, or :func:`encode_frame`'s ``buffer``) into an array.
 
     Returns
     -------
@@ -249,7 +250,8 @@ def encode_frame(
     encoding: str = "raw",
     order: str | None = None,
     jpeg_quality: int = 90,
-) -> tuple[bytes, list[tuple[str, bytes]]]:
+    buffer: bool = False,
+) -> tuple[bytes | np.ndarray, list[tuple[str, bytes]]]:
     """Encode one frame as a version-1 frame message.
 
     Parameters
@@ -266,11 +268,18 @@ def encode_frame(
         Channel order of ``frame``; ``GRAY``/``RGB``/``RGBA`` from the channel count when None.
     jpeg_quality : int
         0-100, for ``jpeg`` only.
+    buffer : bool
+        Return the value as a flat, read-only uint8 ndarray rather than bytes: for
+        ``raw``, the frame's own memory when it is C-contiguous (no copy). Its ``len``
+        is its size in bytes, and confluent-kafka's ``produce`` and
+        :func:`decode_payload` take it as they take bytes. The daemon's sinks use it
+        (measured, 720p raw on 2 cores: ``tobytes`` costs 1.2 ms a frame).
 
     Returns
     -------
     (value, headers)
-        The record value and its headers; the key is ``stream.encode()``.
+        The record value (bytes, or an ndarray with ``buffer``) and its headers; the
+        key is ``stream.encode()``.
 
     Raises
     ------
@@ -295,7 +304,7 @@ def encode_frame(
     except FrameDecodeError as exc:
         raise ValueError(f"cannot encode frame {arr.shape} {arr.dtype}: {exc}") from None
     if encoding == "raw":
-        value = np.ascontiguousarray(arr).tobytes()
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
     else:
         if order in ("RGB", "RGBA"):
             arr = swap_red_blue(arr)
@@ -304,8 +313,12 @@ def encode_frame(
         ok, buf = cv2.imencode("." + encoding, np.ascontiguousarray(arr), params)
         if not ok:
             raise ValueError(f"OpenCV could not encode a {arr.shape} {arr.dtype} {encoding}")
-        value = buf.tobytes()
-    return value, header.to_headers()
+        flat = buf.reshape(-1)
+    if not buffer:
+        return flat.tobytes(), header.to_headers()
+    flat = flat.view()
+    flat.flags.writeable = False  # a record value is never written to again
+    return flat, header.to_headers()
 
 
 def encode_failed_frame(

@@ -27,6 +27,7 @@ from streamimg.sinks.checkpoint import (
     Outcome,
     TransactionAborted,
 )
+from streamimg.sinks.records import value_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class Committer:
 
 
 def _size(batch: FinishedBatch) -> int:
-    return sum(len(r[2] or b"") for r in batch.records)
+    return sum(value_nbytes(r[2]) for r in batch.records)
 
 
 def _ms(start: float) -> float:

@@ -23,7 +23,17 @@ if TYPE_CHECKING:
     from streamimg.batching import DeadLetter, FrameInfo, GapInfo
 
 ANALYTICS_SCHEMA = 1
-Record = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+#: ``(key, value, headers)``. A frame record's value is a flat read-only uint8 ndarray
+#: (``encode_frame(..., buffer=True)``: no copy of a raw frame), which confluent-kafka
+#: produces as it produces bytes; use :func:`value_nbytes` for its size.
+Record = tuple[bytes | None, bytes | np.ndarray | None, list[tuple[str, bytes]]]
+
+
+def value_nbytes(value: bytes | np.ndarray | memoryview | None) -> int:
+    """The size in bytes of a record value or payload (0 for None)."""
+    if value is None:
+        return 0
+    return int(value.nbytes) if isinstance(value, (np.ndarray, memoryview)) else len(value)
 
 
 def lineage_headers(topic: str, partition: int, offset: int, run: str) -> list[tuple[str, bytes]]:
@@ -75,7 +85,7 @@ def frame_records(frame: np.ndarray, info: FrameInfo, encoding: str,
         order = h.order if frame.shape[-1] == h.channels else None  # else by channel count
     value, headers = encode_frame(frame, stream=h.stream, index=h.frame,
                                   timestamp_ms=h.timestamp_ms, encoding=encoding,
-                                  order=order, jpeg_quality=jpeg_quality)
+                                  order=order, jpeg_quality=jpeg_quality, buffer=True)
     ms = (time.perf_counter() - start) * 1e3
     extra = [("streamimg.encode_ms", f"{ms:.3f}".encode())]
     if info.mask is not None:
