@@ -36,10 +36,11 @@ the poll loop and while the daemon waits for the committer: a rewind, a drain, a
 stop request). Where the consumer resumes comes from the group's committed offsets,
 read again while the broker does not answer (up to ``max.poll.interval.ms``).
 
-Rebalances: on revoke, every batch in flight is finished and committed within
-``drain_timeout_s``; past that, all work in flight is discarded (never
-committed later) and the partitions kept are rewound. On lost, nothing is
-committed. On assign, positions and state come from the committed offsets.
+Rebalances and rewinds (:mod:`streamimg.rebalance`): on revoke, every batch in
+flight is finished and committed within ``drain_timeout_s``; past that, all work
+in flight is discarded (never committed later) and the partitions kept are
+rewound. On lost, nothing is committed. On assign, positions and state come from
+the committed offsets.
 """
 
 from __future__ import annotations
@@ -54,16 +55,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from distributed import Client
 
 from streamimg.admin import (
-    BrokerUnreachable,
-    committed_positions,
     connect,
     ensure_topics,
     partitions_of,
-    read_record,
     require_topics,
 )
 from streamimg.batching import Batch
@@ -72,6 +70,7 @@ from streamimg.dashboard.reporter import DashboardReporter
 from streamimg.dispatch import ChunkFailed, Dispatcher
 from streamimg.logs import EventLog
 from streamimg.observe import Listener, Progress, Stats, consumer_lag
+from streamimg.rebalance import Rebalancing
 from streamimg.sinks.checkpoint import (
     Checkpoint,
     FatalKafkaError,
@@ -90,7 +89,7 @@ log = logging.getLogger("streamimg.daemon")
 EXIT_OK, EXIT_FAILED, EXIT_STATE, EXIT_FATAL = 0, 1, 2, 3
 
 
-class Daemon:
+class Daemon(Rebalancing):
     """Runs a :class:`~streamimg.topology.Topology` against Kafka and Dask until stopped.
 
     Parameters
@@ -419,45 +418,6 @@ class Daemon:
             self._add(m)
         self.stats.pauses = self._pausing.pauses
 
-    # -- discarding and rewinding --------------------------------------------------------
-
-    def _discard(self) -> None:
-        """Forget all work in flight: it will never be committed."""
-        self._epoch += 1
-        if self._committer is not None:
-            self._committer.discard_before(self._epoch)
-        self._dispatch.discard()
-        self._batcher.drop(None)
-
-    def _rewind(self, partitions: list[TopicPartition] | None = None) -> None:
-        """Discard work in flight; seek ``partitions`` (all assigned) to the committed offsets."""
-        self._discard()
-        bound = self._committer.checkpoint.timeout_s * 2
-        if not self._committer.wait_checked(bound, self._stop.is_set):
-            raise FatalKafkaError(f"the committer did not finish within {bound:.0f} s")
-        self._handle_outcomes()
-        assigned = partitions if partitions is not None else self._consumer.assignment()
-        if not assigned:
-            return
-        self._restore_state(assigned)
-        for tp in self._positions(assigned):
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-
-    def _positions(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        """The group's committed offsets of ``partitions``, retried while the broker is away.
-
-        Raises
-        ------
-        FatalKafkaError
-            If they cannot be read within ``max.poll.interval.ms`` or before a stop request.
-        """
-        try:
-            return committed_positions(self._consumer, partitions, stopping=self._stop.is_set,
-                                       bound_s=self._poll_interval_s)
-        except BrokerUnreachable as exc:
-            raise FatalKafkaError(f"{exc}: the consumer cannot be positioned") from None
-
     def _drain(self, timeout_s: float) -> bool:
         """Finish and commit every batch in flight within ``timeout_s``; False if not all did."""
         deadline = time.monotonic() + timeout_s
@@ -471,64 +431,3 @@ class Daemon:
             self._handle_outcomes(wait_s=0.0 if self._dispatch.inflight else 0.05)
         self._handle_outcomes()
         return True
-
-    def _restore_state(self, partitions: list[TopicPartition]) -> None:
-        """Restore the state committed with each partition's offsets.
-
-        The pixel assembler's (``<name>.assembler``) goes to the batcher, the stateful
-        operators' (``<name>.state``) to the dispatcher. The group's committed offset
-        on a state topic's partition p is the offset of the state record committed in
-        the same transaction as input partition p's offset, so a restart reads exactly
-        that record and never an aborted one.
-        """
-        t = self.topology
-        for topic in t.state_topics():
-            wanted = [TopicPartition(topic, tp.partition) for tp in partitions]
-            for tp in self._positions(wanted):
-                value = (read_record(self.kafka, topic, tp.partition, tp.offset)
-                         if tp.offset >= 0 else None)
-                if topic == t.state_topic:
-                    self._batcher.restore(tp.partition, value)
-                else:
-                    self._dispatch.restore(tp.partition, value)
-
-    # -- rebalance callbacks (run inside consume(), on this thread) -------------------------
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._closing:
-            return
-        self.stats.rebalances += 1
-        self.log.info("assigned %s", [(p.topic, p.partition) for p in partitions],
-                      extra={"event": "assign"})
-        self._restore_state(partitions)
-        for listener in self.listeners:
-            listener.assigned([(p.topic, p.partition) for p in partitions])
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        revoked = {(p.topic, p.partition) for p in partitions}
-        self.log.info("revoking %s", sorted(revoked), extra={"event": "revoke"})
-        if self._closing:  # run() discarded all work in flight already: nothing to drain
-            self._tell_revoked(revoked)
-            return
-        self._pausing.resume(self._consumer)
-        if not self._drain(self.drain_timeout_s):
-            self.log.warning("revoke: work in flight did not finish in %.0f s; discarding it",
-                        self.drain_timeout_s)
-            kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in revoked]
-            self._rewind(kept)
-        self._batcher.drop(revoked)
-        self._tell_revoked(revoked)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {(p.topic, p.partition) for p in partitions}
-        self.log.warning("lost %s: discarding work in flight", sorted(lost),
-                         extra={"event": "lost"})
-        if not self._closing:
-            self._pausing.resume(self._consumer)
-            kept = [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in lost]
-            self._rewind(kept)
-        self._tell_revoked(lost)
-
-    def _tell_revoked(self, partitions: set[tuple[str, int]]) -> None:
-        for listener in self.listeners:
-            listener.revoked(sorted(partitions))
