@@ -31,8 +31,11 @@ Stable (joined), and CPU (``common.CpuMeter``: ``main`` = this process or the da
 LocalCluster's scheduler; ``workers`` = worker processes; ``broker``). Frames/s from start
 (client or daemon start to the last commit) and after join (join to last commit); CPU ms and
 minor page faults per frame over the join-to-last-commit window (the sampler's own thread CPU
-subtracted). Then every output is read back: one frame and one palette per input (stream,
-frame), frame bytes (BLAKE2) and palettes equal to ``plain1``'s; otherwise FAILED.
+subtracted). Quix, txloop and streamz run in this process, with their imports done: their
+"from start" is also given as from a fresh process (``cold_start_s``: a fresh interpreter
+importing what each needs, median of 3, added). Then every output is read back: one frame
+and one palette per input (stream, frame), frame bytes (BLAKE2) and palettes equal to
+``plain1``'s; otherwise FAILED.
 
 Throughput is measured ``--repeat`` times (3) per variant, the Kafka variants in turns
 (A B C, A B C, ...), so that a slow spell of the shared host falls on every variant rather
@@ -631,6 +634,40 @@ def median_run(runs, key=lambda r: r.get("frames_per_s"), spread=None, failed=No
             "repeats": {name: [f(r) for r in runs] for name, f in spread.items()}}
 
 
+# What a fresh process of each in-process peer imports before it can start (the benchmark's
+# process has imported all of it already, so their "from start" figures do not include it).
+PEER_IMPORTS = {"quix": "quixstreams, peers_work", "txloop": "confluent_kafka, peers_work",
+                "streamz": "streamz, distributed, peers_work",
+                "streamz8": "streamz, distributed, peers_work"}
+
+
+def cold_start_s(modules, runs=3):
+    """Median wall time (s) of a fresh interpreter importing ``modules``, then exiting."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", f"import {modules}"], env=env,
+                              capture_output=True, timeout=120)
+        times.append(time.perf_counter() - t0)
+        if done.returncode:
+            raise RuntimeError(f"import {modules}: {done.stderr.decode()[-400:]}")
+    return round(sorted(times)[len(times) // 2], 2)
+
+
+def add_cold_starts(results):
+    """``cold_start_s`` and ``frames_per_s_from_cold_start`` for the in-process peers: their
+    "from start" plus what a fresh process would first spend on start-up and imports."""
+    cold = {key: cold_start_s(mods) for key, mods in PEER_IMPORTS.items()
+            if any(key in per for per in results.values())}
+    for per in results.values():
+        for key, r in per.items():
+            if key in cold and "from_start_s" in r:
+                r["cold_start_s"] = cold[key]
+                r["frames_per_s_from_cold_start"] = round(
+                    r["frames"] / (r["from_start_s"] + cold[key]), 2)
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -716,8 +753,10 @@ def markdown(result):
             own = sum(v for k, v in cpu.items() if k != "broker")
             lat = r.get("latency", {})
             ratios = " | ".join("-" if x is None else f"{x:.2f}" for x in r["ratios"].values())
+            cold = (f" ({r['frames_per_s_from_cold_start']:.1f})"
+                    if "frames_per_s_from_cold_start" in r else "")
             lines.append(
-                f"| {level} | {label} | {r['frames_per_s_from_start']:.1f} | "
+                f"| {level} | {label} | {r['frames_per_s_from_start']:.1f}{cold} | "
                 f"{r['frames_per_s']:.1f}{spread(r)} | {ratios} | "
                 f"{' / '.join(str(cpu.get(k, '-')) for k in ('main', 'workers', 'broker'))} | "
                 f"{own:.1f} ({own - plain:+.1f}) | "
@@ -725,7 +764,12 @@ def markdown(result):
                 + (f" (p50 {min(p50):.0f}-{max(p50):.0f})"
                    if len(p50 := lat.get("repeats", {}).get("p50_ms", [])) > 1 else "")
                 + f" | {status} |")
-    lines += ["", "Frames/s after join: the median of the runs (all variants in turns), their "
+    lines += ["", "Frames/s from start: from the client's or daemon's start to the last "
+              "commit. Quix, txloop and streamz run inside this process, whose imports are "
+              "done; in brackets, as from a fresh process (plus the median time a fresh "
+              "interpreter takes to import what they need, `cold_start_s`). The daemon is "
+              "always a fresh process. "
+              "Frames/s after join: the median of the runs (all variants in turns), their "
               "range in brackets; its CPU is that run's. "
               "CPU per frame from the group join to the last commit. main: this process "
               "(Quix, txloop; streamz with the Dask scheduler and nannies) or the streamimg "
@@ -830,6 +874,8 @@ def main(argv=None):
                     failed=lambda r: r.get("error"))
         broker_rss = psutil.Process(broker.process.pid).memory_info().rss
     add_ratios(results)
+    log("timing fresh-process imports of the in-process peers")
+    add_cold_starts(results)
     result = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "mode": "quick" if args.quick else "full", "frames": n,
               "input": {"clip": clip.name, "shape": list(frames[0].shape), "topic": INPUT,

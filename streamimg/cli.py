@@ -80,43 +80,10 @@ def cmd_produce(args) -> int:
 
 
 def cmd_produce_pixels(args) -> int:
-    """Publish an image as pixel messages ``name;frame;x;y;v`` (grey, 0-255), key = name."""
-    import numpy as np
-    from PIL import Image
+    """Publish an image as pixel messages (:func:`streamimg.cli_produce.cmd_produce_pixels`)."""
+    from streamimg.cli_produce import cmd_produce_pixels as produce_pixels
 
-    from streamimg.config import check_topic
-
-    kafka = _kafka(args)
-    check_topic(args.topic)
-    path = Path(args.image)
-    if not path.is_file():
-        raise CommandError(f"no such image file: {path}", "give an image file Pillow reads")
-    try:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"), dtype=np.float64)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CommandError(f"{path} is not a readable image ({exc})",
-                           "give a PNG, JPEG, BMP, TIFF or WebP file") from None
-    _connect(args, kafka)
-    from confluent_kafka import Producer
-
-    from streamimg.admin import ensure_topics, produce
-    from streamimg.codecs.pixel import frame_to_pixels
-
-    ensure_topics(kafka, [args.topic], args.partitions)
-    producer = Producer({**kafka.producer(), "enable.idempotence": True, "linger.ms": 20})
-    name = args.name or path.stem
-    sent = 0
-    for index in range(args.frames):
-        for value in frame_to_pixels(name, index, grey, binary=args.binary):
-            produce(producer, args.topic, value=value, key=name.encode())
-            sent += 1
-    if producer.flush(60) > 0:
-        raise CommandError(f"{len(producer)} of {sent} records undelivered after 60 s",
-                           "check the broker, then send the image again", EXIT_FAILED)
-    print(json.dumps({"topic": args.topic, "name": name, "height": grey.shape[0],
-                      "width": grey.shape[1], "frames": args.frames, "records": sent}))
-    return 0
+    return produce_pixels(args)
 
 
 def cmd_run(args) -> int:

@@ -1,7 +1,7 @@
-"""``streamimg produce``: a video file, an image folder, or live cameras, as frame messages.
+"""``streamimg produce`` (frames) and ``streamimg produce-pixels`` (pixel messages).
 
-Three kinds of source, one delivery (idempotent producer, progress bar, Ctrl-C delivers
-what was read, a JSON summary on stdout):
+``produce`` publishes frames from three kinds of source with one delivery (idempotent
+producer, progress bar, Ctrl-C delivers what was read, a JSON summary on stdout):
 
 - a video file or URL FFmpeg opens (:func:`~streamimg.sources.video.read_video`);
 - an image folder, local or any fsspec URL (:func:`~streamimg.sources.folders.image_frames`):
@@ -250,3 +250,43 @@ def _image_folder(source: str) -> tuple[bool, str]:
                            f"{source} is not a folder: only image folders are read from URLs",
                            "give the URL of a folder of images, or a local video file")
     return True, posixpath.basename(root.rstrip("/")) or "images"
+
+
+def cmd_produce_pixels(args) -> int:
+    """Publish an image as pixel messages ``name;frame;x;y;v`` (grey, 0-255), key = name."""
+    import numpy as np
+    from PIL import Image
+
+    from streamimg.config import check_topic
+
+    kafka = _kafka(args)
+    check_topic(args.topic)
+    path = Path(args.image)
+    if not path.is_file():
+        raise CommandError(f"no such image file: {path}", "give an image file Pillow reads")
+    try:
+        with Image.open(path) as im:
+            grey = np.asarray(im.convert("L"), dtype=np.float64)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CommandError(f"{path} is not a readable image ({exc})",
+                           "give a PNG, JPEG, BMP, TIFF or WebP file") from None
+    _connect(args, kafka)
+    from confluent_kafka import Producer
+
+    from streamimg.admin import ensure_topics, produce
+    from streamimg.codecs.pixel import frame_to_pixels
+
+    ensure_topics(kafka, [args.topic], args.partitions)
+    producer = Producer({**kafka.producer(), "enable.idempotence": True, "linger.ms": 20})
+    name = args.name or path.stem
+    sent = 0
+    for index in range(args.frames):
+        for value in frame_to_pixels(name, index, grey, binary=args.binary):
+            produce(producer, args.topic, value=value, key=name.encode())
+            sent += 1
+    if producer.flush(60) > 0:
+        raise CommandError(f"{len(producer)} of {sent} records undelivered after 60 s",
+                           "check the broker, then send the image again", EXIT_FAILED)
+    print(json.dumps({"topic": args.topic, "name": name, "height": grey.shape[0],
+                      "width": grey.shape[1], "frames": args.frames, "records": sent}))
+    return 0

@@ -3,7 +3,7 @@
 Registered on ``streamz.Stream`` beside :mod:`streamimg.stream` (which imports
 this module). Each adds a named value per frame (computed on the workers, in
 the chunk tasks) to the plan, or draws values onto the output frames; the values
-go to analytics records (:func:`~streamimg.stream.to_kafka_analytics`).
+go to analytics records (:func:`~streamimg.stream_sinks.to_kafka_analytics`).
 """
 
 from __future__ import annotations

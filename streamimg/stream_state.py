@@ -6,7 +6,7 @@ this module). Each method adds a value computed by a
 its state is committed to ``<name>.state`` in the batch's transaction (see
 :mod:`streamimg.state`), so track ids and counts continue exactly through
 crashes, restarts and rebalances. Stateful values appear in analytics records
-(:func:`~streamimg.stream.to_kafka_analytics`); ``annotate`` cannot draw them.
+(:func:`~streamimg.stream_sinks.to_kafka_analytics`); ``annotate`` cannot draw them.
 
 The temporal operators (``temporal``, ``background``, ``integrate_heat``; see
 :mod:`streamimg.operators.temporal`) are stateful too, but their value is the
