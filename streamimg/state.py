@@ -162,8 +162,11 @@ def run_state(token: str, blob: bytes, previous: dict[int, bytes] | StateResult,
                 recs = sink.builder(None, info, **sink.kwargs,
                                     values={n: values[n] for n in sink.plan.record_values()},
                                     timings=dict(timings))
-            else:  # the frames of a temporal operator
-                recs = sink.builder(values[sink.plan.state_frames], info, **sink.kwargs)
+            else:  # the frames of a temporal operator, copied: a record value may be the
+                # frame's own buffer (encode_frame(buffer=True)), and an operator's function
+                # may write its next frame into the same array, before this one is produced
+                recs = [(k, v.tobytes() if hasattr(v, "tobytes") else v, h) for k, v, h in
+                        sink.builder(values[sink.plan.state_frames], info, **sink.kwargs)]
             records[s][i] = [(k, v, [*h, *lineage]) for k, v, h in recs]
 
     decoded = {p: decode_partition(snapshot.get(p)) for p in {p for p, _ in streams}}

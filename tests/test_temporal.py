@@ -144,6 +144,21 @@ def test_running_average_background_and_its_header(small):
     assert (header.channels, header.order, header.encoding) == (1, "GRAY", "png")
 
 
+def test_a_temporal_fn_that_reuses_its_output_array_gives_each_frame_its_own(small):
+    """A frame record's value may alias the frame; the state task's records must not."""
+    frames, reused = small[:6], np.empty((34, 80, 3), np.uint8)
+
+    def newest(window):
+        np.copyto(reused, window[-1])
+        return reused
+
+    t = _topology(lambda s: s.temporal(newest, window=2).to_kafka_frames(encoding="raw"),
+                  (34, 80, 3))
+    out = _run(t.check(), frames, _infos(frames), [6], 2)[0]
+    for i, f in enumerate(frames):
+        assert np.array_equal(out[i], f), i
+
+
 def test_heat_field_integrates_over_the_stream(small):
     frames = [f[:, :, :1] for f in small[:6]]
     t = _topology(lambda s: s.integrate_heat(steps=2, alpha=0.2, scale=0.01, decay=0.1)

@@ -75,7 +75,10 @@ def frame_records(frame: np.ndarray, info: FrameInfo, encoding: str,
     index, timestamp and channel order (``order``, when the pipeline changed it, e.g.
     ``"HSV"`` after ``convert_color``), so an output topic is itself a valid
     input topic for another topology. Returns one record, with the encode time
-    in ms in the ``streamimg.encode_ms`` header.
+    in ms in the ``streamimg.encode_ms`` header. Its value is the frame's own memory
+    for ``raw`` (``encode_frame(..., buffer=True)``), so ``frame`` must not be written
+    to afterwards: a chunk task's frames are new arrays, and the state task copies the
+    values of its records (a temporal operator may reuse its output array).
     """
     start = time.perf_counter()
     h = info.header
