@@ -203,7 +203,7 @@ class PixelAssembler:
     def take(self, early: bool = False) -> Batch | None:
         """Hand over assembled frames and dead letters when a batch is due; else None.
 
-        ``early`` (no batch computing, nothing more to read): hand over whatever is
+        ``early`` (a worker thread idle, nothing more to read): hand over whatever is
         assembled without waiting out ``max_wait_ms``; open windows still wait.
         """
         now = time.monotonic()

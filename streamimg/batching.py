@@ -144,7 +144,7 @@ class MessageBatcher:
     def take(self, early: bool = False) -> Batch | None:
         """Close the open batch if it is full or due (or ``early`` and not empty); else None.
 
-        The daemon passes ``early`` when no batch is computing and the consumer has
+        The daemon passes ``early`` when a worker thread is idle and the consumer has
         nothing more to give: waiting out ``max_wait_ms`` then would only add latency.
         """
         if not self._pending or (not early and self.room() > 0 and self.wait_s() > 0):

@@ -241,10 +241,11 @@ class BatchConfig:
         favoured (measured, raw frames: 200 frames of one partition committed when another
         had 300), at 2 and more partitions were served equally.
     max_wait_ms : int
-        A non-empty batch closes this many ms after its first frame arrived. Under a
+        A non-empty batch closes this many ms after its first frame arrived, or at once
+        when a worker thread is idle and the consumer has nothing more to give. Under a
         backlog batches fill to ``max_frames`` at once, so this only bounds latency at
-        low rates: at 20 frames/s, 30 ms gave p50 229 ms against 307 ms at 100 (measured,
-        light work, bench_peers).
+        low rates while every thread is busy: at 20 frames/s, 30 ms gave p50 229 ms
+        against 307 ms at 100 (measured, light work, bench_peers).
     max_in_flight : int
         Batches submitted and not yet committed; commits stay in input order.
     max_in_flight_bytes : int

@@ -6,7 +6,8 @@ of them heavy:
 1. poll the consumer (``read_committed``, auto-commit off) and feed the
    topology's batcher, which closes a :class:`~streamimg.batching.Batch` at
    ``max_frames`` frames or ``max_wait_ms`` (frame messages), or when frames
-   are assembled (pixels);
+   are assembled (pixels), and at once when a worker thread is idle and
+   nothing more is to be read;
 2. hand the batch to the :class:`~streamimg.dispatch.Dispatcher`, which runs
    it on Dask as one task per chunk, one chunk per worker thread, and resubmits
    chunks lost with a worker;
@@ -289,9 +290,9 @@ class Daemon(Rebalancing):
             messages = self._consumer.consume(num_messages=asked, timeout=timeout)
             for m in messages:
                 self._add(m)
-            # Idle workers and nothing more to read: close the batch now rather than wait
-            # out max_wait_ms, which only batches when the workers are busy anyway.
-            batch = batcher.take(early=not self._dispatch.inflight and len(messages) < asked)
+            # A worker thread idle and nothing more to read: close the batch now rather than
+            # wait out max_wait_ms, which only batches while every thread is busy anyway.
+            batch = batcher.take(early=len(messages) < asked and self._dispatch.idle_threads() > 0)
             if batch is not None:
                 self._submit(batch)
 

@@ -163,6 +163,17 @@ class Dispatcher:
         self.inflight.append(item)
         return item
 
+    def idle_threads(self) -> int:
+        """Worker threads with no chunk task of this dispatcher to run, as best known.
+
+        The cluster's threads as last read for a submit (the poll loop asks this on
+        every turn, so it never waits on the scheduler here once a list is known) minus
+        the chunk tasks submitted and not yet done; other clients' tasks are not seen.
+        """
+        threads = sum(self._workers_read[1].values()) or sum(self._workers().values())
+        busy = sum(not f.done() for item in self.inflight for f in item.futures)
+        return max(0, threads - busy)
+
     def restore(self, partition: int, blob: bytes | None) -> None:
         """Make ``blob`` (None: no state yet) ``partition``'s state for the next batches."""
         if isinstance(self._state_head, Future):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 
@@ -231,6 +232,50 @@ def test_a_lone_frame_is_not_held_for_max_wait_when_the_workers_are_idle(kafka, 
     _, events = run_to_end(topology, kafka, client, topic, ends, timeout_s=60)
     assert time.monotonic() - started < 60  # not 120 s
     assert events.submitted_frames == [1] and events.outcomes == ["committed"]
+
+
+def test_a_frame_is_not_held_for_max_wait_while_a_worker_thread_is_idle(kafka, client, bikes,
+                                                                       uid, tmp_path):
+    # Frame 0 keeps one of the two worker threads busy until the test lets it go; frame 1,
+    # read meanwhile, must start on the idle thread at once (not after max_wait_ms, nor
+    # after frame 0's batch ends). With "early only when nothing computes" it waited.
+    topic, name = f"in-{uid}", f"idle-{uid}"
+    release = str(tmp_path / "release")
+    ensure_topics(kafka, [topic])
+
+    def hold_frame_zero(x):
+        def block(b):
+            deadline = time.monotonic() + 120
+            while (b.size and not b.any() and not os.path.exists(release)
+                   and time.monotonic() < deadline):
+                time.sleep(0.02)
+            return b
+        return x.map_blocks(block, dtype=x.dtype)
+
+    topology = streamimg.Topology(name, inputs=topic, max_frames=8, max_wait_ms=120_000)
+    topology.source.map_frames(hold_frame_zero).to_kafka_frames("raw")
+    events = Events()
+    daemon = Daemon(topology, kafka, client, drain_timeout_s=60, listeners=[events])
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
+    thread.start()
+    try:
+        produce_frames(kafka, topic, iter([SourceFrame(0, 0, np.zeros_like(bikes[0]))]),
+                       stream="s")
+        wait_until(lambda: events.submitted_frames, 60, "frame 0's batch")
+        ends = produce_frames(kafka, topic, iter([SourceFrame(1, 1, bikes[1])]), stream="s")
+        wait_until(lambda: len(events.submitted_frames) == 2, 60,
+                   "frame 1's batch while frame 0 still computes")
+        assert events.outcomes == []
+        open(release, "w").close()
+        wait_until(lambda: committed_offsets(kafka, name, [topic]).get((topic, 0), -1)
+                   >= ends[0], 60, "both committed")
+    finally:
+        open(release, "w").close()
+        daemon.stop()
+        thread.join(60)
+    assert result.get("code") == 0
+    assert events.submitted_frames == [1, 1]
 
 
 def test_an_in_process_cluster_wakes_its_event_loop_less_unless_configured():
