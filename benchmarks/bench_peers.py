@@ -764,6 +764,13 @@ def markdown(result):
                 + (f" (p50 {min(p50):.0f}-{max(p50):.0f})"
                    if len(p50 := lat.get("repeats", {}).get("p50_ms", [])) > 1 else "")
                 + f" | {status} |")
+    busy = [f"{level} {label} {d['commit_ms'] / r['frames']:.1f} ms a frame, "
+            f"{d['commit_ms'] / 1e3 / (r['window_frames'] / r['frames_per_s']):.0%} of the "
+            "time after join" for level, per in result["variants"].items()
+            for label, r in per.items()
+            if (d := r.get("daemon_stats")) and "commit_ms" in d and r.get("frames_per_s")]
+    if busy:  # the daemon's committer near 100% means the transaction path is the bound
+        lines += ["", "streamimg's committer inside a transaction: " + "; ".join(busy) + "."]
     lines += ["", "Frames/s from start: from the client's or daemon's start to the last "
               "commit. Quix, txloop and streamz run inside this process, whose imports are "
               "done; in brackets, as from a fresh process (plus the median time a fresh "
