@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -39,19 +40,27 @@ class Events(Listener):
         self.outcomes.append(outcome.status)
 
 
-def run_to_end(topology, kafka, client, topic, ends, timeout_s=180):
+@contextlib.contextmanager
+def running(topology, kafka, client):
+    """A daemon of ``topology`` on a thread: yields it and its :class:`Events`; stops it
+    on leaving and checks that it exited with 0."""
     events = Events()
     daemon = Daemon(topology, kafka, client, drain_timeout_s=60, listeners=[events])
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
     thread.start()
     try:
-        wait_until(lambda: all(committed_offsets(kafka, topology.name, [topic]).get(
-            (topic, p), -1) >= e for p, e in ends.items()), timeout_s, "all committed")
+        yield daemon, events
     finally:
         daemon.stop()
         thread.join(60)
     assert result.get("code") == 0
+
+
+def run_to_end(topology, kafka, client, topic, ends, timeout_s=180):
+    with running(topology, kafka, client) as (daemon, events):
+        wait_until(lambda: all(committed_offsets(kafka, topology.name, [topic]).get(
+            (topic, p), -1) >= e for p, e in ends.items()), timeout_s, "all committed")
     return daemon, events
 
 
@@ -269,27 +278,20 @@ def test_a_frame_is_not_held_for_max_wait_while_a_worker_thread_is_idle(kafka, c
 
     topology = streamimg.Topology(name, inputs=topic, max_frames=8, max_wait_ms=120_000)
     topology.source.map_frames(hold_frame_zero).to_kafka_frames("raw")
-    events = Events()
-    daemon = Daemon(topology, kafka, client, drain_timeout_s=60, listeners=[events])
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
-    thread.start()
-    try:
-        produce_frames(kafka, topic, iter([SourceFrame(0, 0, np.zeros_like(bikes[0]))]),
-                       stream="s")
-        wait_until(lambda: events.submitted_frames, 60, "frame 0's batch")
-        ends = produce_frames(kafka, topic, iter([SourceFrame(1, 1, bikes[1])]), stream="s")
-        wait_until(lambda: len(events.submitted_frames) == 2, 60,
-                   "frame 1's batch while frame 0 still computes")
-        assert events.outcomes == []
-        open(release, "w").close()
+    with running(topology, kafka, client) as (_, events):
+        try:
+            produce_frames(kafka, topic, iter([SourceFrame(0, 0, np.zeros_like(bikes[0]))]),
+                           stream="s")
+            wait_until(lambda: events.submitted_frames, 60, "frame 0's batch")
+            ends = produce_frames(kafka, topic, iter([SourceFrame(1, 1, bikes[1])]),
+                                  stream="s")
+            wait_until(lambda: len(events.submitted_frames) == 2, 60,
+                       "frame 1's batch while frame 0 still computes")
+            assert events.outcomes == []
+        finally:
+            open(release, "w").close()
         wait_until(lambda: committed_offsets(kafka, name, [topic]).get((topic, 0), -1)
                    >= ends[0], 60, "both committed")
-    finally:
-        open(release, "w").close()
-        daemon.stop()
-        thread.join(60)
-    assert result.get("code") == 0
     assert events.submitted_frames == [1, 1]
 
 
