@@ -83,7 +83,8 @@ from streamimg.batching import FrameInfo  # noqa: E402
 from streamimg.broker import EmbeddedBroker  # noqa: E402
 from streamimg.cluster import local_cluster  # noqa: E402
 from streamimg.codecs.frame import FrameHeader  # noqa: E402
-from streamimg.codecs.pixel import decode_pixel, frame_to_pixels  # noqa: E402
+from streamimg.codecs.pixel import decode_pixel  # noqa: E402
+from streamimg.codecs.pixel_frames import frame_to_pixels  # noqa: E402
 from streamimg.config import KafkaConfig  # noqa: E402
 from streamimg.daemon import Daemon, Listener  # noqa: E402
 from streamimg.operators import kernels  # noqa: E402

@@ -274,7 +274,7 @@ def cmd_produce_pixels(args) -> int:
     from confluent_kafka import Producer
 
     from streamimg.admin import ensure_topics, produce
-    from streamimg.codecs.pixel import frame_to_pixels
+    from streamimg.codecs.pixel_frames import frame_to_pixels
 
     ensure_topics(kafka, [args.topic], args.partitions)
     producer = Producer({**kafka.producer(), "enable.idempotence": True, "linger.ms": 20})

@@ -15,9 +15,8 @@ from streamimg.codecs.pixel import (
     decode_pixel_text,
     encode_pixel_binary,
     encode_pixel_text,
-    frame_to_pixels,
-    pixels_to_arrays,
 )
+from streamimg.codecs.pixel_frames import frame_to_pixels, pixels_to_arrays
 
 names = st.text(st.characters(exclude_characters=";", exclude_categories=("Cs",)),
                 min_size=1, max_size=20)

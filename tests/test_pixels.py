@@ -18,7 +18,8 @@ import streamimg
 from streamimg.admin import committed_offsets, ensure_topics, read_topic
 from streamimg.assembly import PixelAssembler, PixelFrames
 from streamimg.codecs.frame import decode_payload, parse_header
-from streamimg.codecs.pixel import decode_pixel, encode_pixel_text, frame_to_pixels
+from streamimg.codecs.pixel import decode_pixel, encode_pixel_text
+from streamimg.codecs.pixel_frames import frame_to_pixels
 from streamimg.daemon import Daemon
 from streamimg.operators import kernels
 from tests.helpers import ROOT, start_daemon, stop_process, wait_until, write_topology

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamimg.codecs.frame import encode_frame
-from streamimg.codecs.pixel import frame_to_pixels
+from streamimg.codecs.pixel_frames import frame_to_pixels
 
 if TYPE_CHECKING:
     from streamimg.batching import DeadLetter, FrameInfo, GapInfo
