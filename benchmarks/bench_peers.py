@@ -50,6 +50,8 @@ unmeasured). A ``read_committed`` observer (``fetch.wait.max.ms`` 10) timestamps
 ``NAME.analytics`` only: the exactly-once variants commit both outputs in one transaction and
 streamz produces the palette after the frame, so it is the later output, and reading 2.7 MB
 frames as well would load the 2 cores the variant runs on. Latency = arrival - produce time.
+Each latency run also reports how busy the machine was (all processes) and the broker's share
+while the paced frames went in: near saturation, every stage queues.
 """
 
 from __future__ import annotations
@@ -538,8 +540,12 @@ class Observer(threading.Thread):
         self.join(30)
 
 
-def paced_producer(kafka, topic, frames, rate, measured, observer, sent, state):
-    """Probe frames every 0.5 s until the first output, then ``measured`` + TAIL at ``rate``."""
+def paced_producer(kafka, topic, frames, rate, measured, observer, sent, state, cpu):
+    """Probe frames every 0.5 s until the first output, then ``measured`` + TAIL at ``rate``.
+
+    ``cpu`` is a :class:`common.CpuMeter`; its samples at the first and after the last paced
+    frame go to ``state["cpu"]``.
+    """
     queues = [queue.Queue() for _ in range(PARTITIONS)]
 
     def source(q):
@@ -558,12 +564,13 @@ def paced_producer(kafka, topic, frames, rate, measured, observer, sent, state):
         i += 1
         observer.first.wait(0.5)
     time.sleep(1.0)  # let the probes drain before the measured frames
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu.sample()
     for k in range(measured + TAIL):
         if state["stop"]:
             break
         time.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
         queues[(i + k) % PARTITIONS].put(i + k)
+    state["cpu"] = (cpu0, cpu.sample(), time.perf_counter() - t0)
     for q in queues:
         q.put(None)
     for t in threads:
@@ -579,7 +586,8 @@ def run_latency(ctx, key, config, name, frames):
     observer.start()
     sent, state = {}, {"stop": False}
     producer = threading.Thread(target=paced_producer, daemon=True, args=(
-        ctx.kafka, topic, frames, ctx.args.rate, ctx.args.latency_frames, observer, sent, state))
+        ctx.kafka, topic, frames, ctx.args.rate, ctx.args.latency_frames, observer, sent, state,
+        CpuMeter(ctx.broker_pid, [])))
     producer.start()
     _, _, error = run_variant(ctx, key, config, name, "light", topic, lambda: state.get("total"))
     state["stop"] = bool(error)
@@ -594,7 +602,13 @@ def run_latency(ctx, key, config, name, frames):
     if error:
         return {"error": error}
     lat = np.array([observer.arrivals[i][0] - sent[i] for i in state["measured"]]) * 1e3
+    (a, b, wall), cores = state["cpu"], psutil.cpu_count()
     return {"rate": ctx.args.rate, "frames": len(lat),
+            # while the paced frames went in: the whole machine's CPU (every process: the
+            # variant, this benchmark's producer and observer, the broker), and the broker's
+            "machine_busy_pct": round(100 * (b["machine"][0] - a["machine"][0]) / wall / cores),
+            "broker_cpu_pct": round(100 * (sum(b["broker"][:2]) - sum(a["broker"][:2])) / wall
+                                    / cores),
             **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)},
             "max_ms": round(float(lat.max()), 1),
             "duplicates": sum(len(v) - 1 for v in observer.arrivals.values()),
@@ -771,6 +785,12 @@ def markdown(result):
             if (d := r.get("daemon_stats")) and "commit_ms" in d and r.get("frames_per_s")]
     if busy:  # the daemon's committer near 100% means the transaction path is the bound
         lines += ["", "streamimg's committer inside a transaction: " + "; ".join(busy) + "."]
+    load = [f"{label} {lat['machine_busy_pct']}% (broker {lat['broker_cpu_pct']}%)"
+            for label, r in result["variants"].get("light", {}).items()
+            if "machine_busy_pct" in (lat := r.get("latency", {}))]
+    if load:  # a machine near saturation queues every stage: latency then says little
+        lines += ["", "The machine's CPU while the latency runs' paced frames went in (all "
+                  "processes: variant, producer, observer, broker): " + "; ".join(load) + "."]
     lines += ["", "Frames/s from start: from the client's or daemon's start to the last "
               "commit. Quix, txloop and streamz run inside this process, whose imports are "
               "done; in brackets, as from a fresh process (plus the median time a fresh "
