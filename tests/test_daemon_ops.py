@@ -170,6 +170,12 @@ def test_json_logs_one_object_per_line_with_run_and_transactional_id(kafka, uid,
         assert events[event]["transactional_id"] == f"{name}-0", events[event]
         assert events[event]["logger"] == "streamimg.daemon"
     assert f'"frames_out": {n}' in events["stop"]["message"]
+    # Start-up's objects are frozen before the first poll: a full collection (135-184 ms
+    # with the GIL held on the light benchmark's ~250,000) must not walk them again.
+    frozen = [r for r in records if r["logger"] == "streamimg.cli"
+              and r["message"].startswith("froze ")]
+    assert len(frozen) == 1 and int(frozen[0]["message"].split()[1]) > 10_000, frozen
+    assert records.index(frozen[0]) < records.index(events["assign"])
     # Every line from the daemon's logger carries both; nothing per frame at INFO.
     for r in records:
         if r["logger"] == "streamimg.daemon":
