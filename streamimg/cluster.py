@@ -20,9 +20,11 @@ again. Measured on the demo pipeline: ~4,800 minor page faults per frame and
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
+import cv2
 import dask
 from distributed import LocalCluster
 
@@ -38,10 +40,20 @@ WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 
+# The user's own OpenCV thread count, read once, at import: Dask's nanny copies its
+# pre-spawn environment into this process's ``os.environ`` when it starts a worker
+# (distributed 2026.8, ``WorkerProcess.start``), so after a first ``local_cluster`` the
+# variable is there whether the user set it or we did.
+USER_OPENCV_THREADS = os.environ.get("OPENCV_FOR_THREADS_NUM")
+
 
 def local_cluster(n_workers: int = 2, threads_per_worker: int = 1,
                   dashboard_address: str = "127.0.0.1:0") -> LocalCluster:
     """Start a ``LocalCluster`` of worker processes on loopback with :data:`WORKER_ENV`.
+
+    Their OpenCV thread pools get :func:`opencv_threads` ``(n_workers *
+    threads_per_worker)`` threads, unless the user set ``OPENCV_FOR_THREADS_NUM``
+    (:data:`USER_OPENCV_THREADS`).
 
     Parameters
     ----------
@@ -65,6 +77,9 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1,
         raise ValueError(f"n_workers={n_workers} and threads_per_worker={threads_per_worker} "
                          "must be >= 1")
     env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()}
+    if USER_OPENCV_THREADS is None:  # else the workers inherit the user's setting
+        env["distributed.nanny.pre-spawn-environ.OPENCV_FOR_THREADS_NUM"] = str(
+            opencv_threads(n_workers * threads_per_worker))
     dashboard_address, origins = _dashboard(dashboard_address)
     main = threading.current_thread() is threading.main_thread()  # signal.signal's rule
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
@@ -101,12 +116,33 @@ def _unless_configured(settings: dict[str, str]) -> dict[str, str]:
             if dask.config.get(k, None) == dask.config.get(k, None, config=shipped)}
 
 
+def opencv_threads(worker_threads: int) -> int:
+    """OpenCV threads per frame when ``worker_threads`` frames compute at once: >= 1.
+
+    The process's cores (its CPU affinity) divided among the worker threads. Dask
+    already runs one frame per worker thread, and OpenCV's pool splitting each frame
+    again over every core only oversubscribes them: its threads spin and wake for
+    nothing. Measured on the peer benchmark (``bench_peers.py``), two worker threads
+    on 2 cores, OpenCV at 1 thread against its default 2, four A/Bs of 3 runs each in
+    turns, 2026-12-02/03: heavy work 2-5 % more frames/s in each and 2.3-4.2 ms less
+    daemon CPU a frame where recorded; light work 0-1.1 ms less, frames/s -6 to +3 %
+    (inside its spread), latency at 20 frames/s unchanged (p50 122-136 against 125-145
+    ms).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, worker_threads))
+
+
 def in_process_cluster(threads: int = 2, dashboard_address: str = "127.0.0.1:0") -> LocalCluster:
     """A ``LocalCluster`` with one worker of ``threads`` threads in this process.
 
     The worker samples stacks for the dashboard's Profile page every 100 ms, not
     every 10 ms, and the event loop times itself every 200 ms, not every 20 ms
     (:data:`IN_PROCESS_CONFIG`), unless the Dask configuration sets these keys.
+    OpenCV's thread pool (process-wide, and left so when the cluster closes) is set
+    to :func:`opencv_threads` ``(threads)``: 1 for two threads on 2 cores; unless
+    the user set ``OPENCV_FOR_THREADS_NUM`` (:data:`USER_OPENCV_THREADS`), which
+    OpenCV then follows.
 
     Raises
     ------
@@ -115,6 +151,8 @@ def in_process_cluster(threads: int = 2, dashboard_address: str = "127.0.0.1:0")
     """
     if threads < 1:
         raise ValueError(f"threads={threads} must be >= 1")
+    if USER_OPENCV_THREADS is None:  # else OpenCV follows the user's setting
+        cv2.setNumThreads(opencv_threads(threads))
     dashboard_address, origins = _dashboard(dashboard_address)
     with dask.config.set({**_unless_configured(IN_PROCESS_CONFIG), **origins}):
         return LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,

@@ -295,6 +295,51 @@ def test_a_frame_is_not_held_for_max_wait_while_a_worker_thread_is_idle(kafka, c
     assert events.submitted_frames == [1, 1]
 
 
+def test_opencv_splits_frames_only_over_cores_no_worker_thread_uses(client, tmp_path):
+    # Dask runs one frame per worker thread; OpenCV's pool splitting each frame again over
+    # every core oversubscribed them (heavy work: 2.3-4.2 ms more CPU a frame, measured).
+    # Worker processes get cores // workers threads; the in-process cluster sets the daemon's
+    # own pool likewise, unless the user's environment sets OPENCV_FOR_THREADS_NUM. The
+    # session's local_cluster has already put the variable into this process's environment
+    # (Dask's nanny does), which must not count as the user's.
+    import subprocess
+    import sys
+
+    import cv2
+
+    from streamimg.cluster import in_process_cluster, opencv_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert opencv_threads(2) == max(1, cores // 2) and opencv_threads(1) == cores
+    assert opencv_threads(cores + 5) == 1
+    assert set(client.run(cv2.getNumThreads).values()) == {opencv_threads(2)}
+    assert "OPENCV_FOR_THREADS_NUM" in os.environ  # the nanny's copy, not the user's
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(cores + 1)
+        with in_process_cluster(threads=cores):
+            assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+    # A user's setting stands, in the daemon's pool and in the worker processes.
+    user = str(cores + 1)
+    script = tmp_path / "user.py"
+    script.write_text(
+        "import cv2\n"
+        "from distributed import Client\n"
+        "from streamimg.cluster import in_process_cluster, local_cluster\n"
+        "if __name__ == '__main__':\n"
+        "    with in_process_cluster(threads=2):\n"
+        "        print(cv2.getNumThreads())\n"
+        "    with local_cluster(n_workers=2) as c, Client(c) as client:\n"
+        "        print(sorted(set(client.run(cv2.getNumThreads).values())))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OPENCV_FOR_THREADS_NUM": user},
+                         cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [user, f"[{user}]"], out.stdout
+
+
 def test_an_in_process_cluster_wakes_its_event_loop_less_unless_configured():
     # The loop's self-timing (admin.tick) every 200 ms instead of 20, profiling every
     # 100 ms instead of 10: both take the GIL from the worker threads. A user's own Dask
