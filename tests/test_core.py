@@ -258,6 +258,41 @@ def test_a_lone_frame_is_not_held_for_max_wait_when_the_workers_are_idle(kafka, 
     assert events.submitted_frames == [1] and events.outcomes == ["committed"]
 
 
+def test_an_idle_daemon_waits_in_the_consumer_rather_than_polling_every_10_ms(
+        kafka, client, bikes, uid, monkeypatch):
+    # With nothing to read, compute or commit, the poll thread waits in consume() for the
+    # first message (or until the batcher has something due, 0.1 s): it once woke every
+    # 10 ms, ~100 consume calls a second at ~70-100 us of CPU each. A frame that comes then
+    # must still be batched and committed.
+    import confluent_kafka
+
+    import streamimg.daemon
+
+    calls: list[float] = []
+
+    class CountingConsumer(confluent_kafka.Consumer):  # the real consumer, its calls counted
+        def consume(self, *args, **kwargs):
+            calls.append(time.monotonic())
+            return super().consume(*args, **kwargs)
+
+    monkeypatch.setattr(streamimg.daemon, "Consumer", CountingConsumer)
+    topic, name = f"in-{uid}", f"idlepoll-{uid}"
+    ensure_topics(kafka, [topic])
+    topology = streamimg.Topology(name, inputs=topic, max_frames=8, max_wait_ms=120_000)
+    topology.source.gaussian_blur(1.0).to_kafka_frames("raw")
+    with running(topology, kafka, client) as (_, events):
+        wait_until(lambda: events.assigned_n, 60, "the assignment")
+        time.sleep(0.5)
+        before = len(calls)
+        time.sleep(2.0)
+        idle = len(calls) - before
+        ends = produce_frames(kafka, topic, iter([SourceFrame(0, 0, bikes[0])]), stream="s")
+        wait_until(lambda: committed_offsets(kafka, name, [topic]).get((topic, 0), -1)
+                   >= ends[0], 60, "the frame committed")
+    assert idle <= 40, f"{idle} consume calls in 2 s of idling (~20 expected, not ~200)"
+    assert events.submitted_frames == [1] and events.outcomes == ["committed"]
+
+
 def test_a_frame_is_not_held_for_max_wait_while_a_worker_thread_is_idle(kafka, client, bikes,
                                                                        uid, tmp_path):
     # Frame 0 keeps one of the two worker threads busy until the test lets it go; frame 1,
