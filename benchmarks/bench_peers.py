@@ -94,6 +94,12 @@ from confluent_kafka.admin import AdminClient
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+# The environment the benchmark started with, for the processes it starts. Dask's nanny copies
+# its pre-spawn environment (``streamimg.cluster.WORKER_ENV`` and ``OPENCV_FOR_THREADS_NUM``:
+# malloc thresholds, one BLAS/OpenMP/OpenCV thread) into this process's ``os.environ`` when the
+# streamz variants start their cluster; without this, every daemon after the first streamz run
+# inherited them (tables up to 2026-12-03 23:49), which a user's shell would not give it.
+START_ENV = dict(os.environ)
 sys.path[:0] = [str(BENCH), str(ROOT)]
 
 from common import CpuMeter, log  # noqa: E402
@@ -400,7 +406,7 @@ def run_streamimg(ctx, name, level, topic, monitor, config):
     cmd = [sys.executable, "-m", "streamimg.cli", "run", str(path), "--bootstrap",
            ctx.kafka.bootstrap, "--instance", "0", "--stats-file", str(ctx.tmp / f"{name}.json"),
            "--create-topics"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
+    env = {**START_ENV, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
     for k, v in config.items():
         if k.isupper():  # an environment variable: Dask configuration, another checkout
             env[k] = str(v)
@@ -657,7 +663,7 @@ PEER_IMPORTS = {"quix": "quixstreams, peers_work", "txloop": "confluent_kafka, p
 
 def cold_start_s(modules, runs=3):
     """Median wall time (s) of a fresh interpreter importing ``modules``, then exiting."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
+    env = {**START_ENV, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()

@@ -68,6 +68,12 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1,
     (A process started while SIGINT is ignored keeps ignoring it: Python installs
     its KeyboardInterrupt handler only when the parent left SIGINT alone.)
 
+    Dask's nanny passes these variables to a worker process by putting them into
+    this process's ``os.environ`` (distributed 2026.8, ``WorkerProcess.start``), and
+    leaves them there: processes this one starts afterwards inherit them. Start them
+    with an environment saved before the cluster started if that matters (the peer
+    benchmark does).
+
     Raises
     ------
     ValueError
