@@ -286,9 +286,8 @@ class Daemon(Rebalancing):
             self._pausing.resume(self._consumer)
             asked = max(1, batcher.room())
             if self._dispatch.inflight or self._handed:
-                # consume(n, timeout) waits for n messages or the timeout: a long timeout
-                # would hold a batch's first frames past max_wait_ms (measured: p50 latency
-                # +150 ms), and results to hand over wait for it.
+                # consume(n, timeout) waits for n messages or the timeout: a long one held
+                # a batch's first frames past max_wait_ms (measured: p50 latency +150 ms).
                 timeout = min(batcher.wait_s(), 0.005 if self._dispatch.inflight else 0.01)
                 messages = self._consumer.consume(num_messages=asked, timeout=timeout)
             else:
@@ -304,9 +303,8 @@ class Daemon(Rebalancing):
     def _consume_idle(self, asked: int) -> list[Any]:
         """Nothing computing or committing: wait for one message, then take what is fetched.
 
-        The wait ends with the first message or when the batcher has something due
-        (``wait_s``: 0.1 s when nothing is pending). An idle poll thread so wakes ~10 times
-        a second, not ~100 (a ``consume`` call costs ~70-100 us of CPU, measured idle).
+        Until the first message or the batcher's ``wait_s`` (0.1 s when empty): an idle poll
+        thread wakes ~10 times a second, not ~100 (~70-100 us of CPU a call, measured).
         """
         messages = self._consumer.consume(num_messages=1, timeout=self._batcher.wait_s())
         if messages and asked > 1:
