@@ -37,6 +37,10 @@ importing what each needs, median of 3, added). Then every output is read back: 
 and one palette per input (stream, frame), frame bytes (BLAKE2) and palettes equal to
 ``plain1``'s; otherwise FAILED.
 
+The table ends with each level's ceiling (``ceilings``): cores / (``plain1``'s CPU a frame +
+the broker's, the median over the Kafka variants), the most frames/s any Kafka variant could
+reach here, and each variant's share of it.
+
 Throughput is measured ``--repeat`` times (3) per variant, the Kafka variants in turns
 (A B C, A B C, ...), so that a slow spell of the shared host falls on every variant rather
 than on one; each variant reports its median run and the range. (Three runs of the same
@@ -736,6 +740,27 @@ def add_ratios(results):
                 for ref in ("quix", "streamz", "plain1")}
 
 
+def ceilings(results, cores):
+    """Per level, the most frames/s any Kafka variant could reach on this machine and broker.
+
+    ``cores * 1000 / (work + broker)``: the plain 1-thread loop's CPU a frame (the work,
+    nothing else) plus the broker's CPU a frame (the median over the Kafka variants; it
+    serves every variant the same fetches and produces). A variant's own Kafka client,
+    framework and scheduling only add to that, so no variant can pass it; a goal above it
+    cannot be met on this machine. ``{level: {"frames_per_s", "work_ms", "broker_ms"}}``.
+    """
+    out = {}
+    for level, per in results.items():
+        brokers = sorted(b for r in per.values()
+                         if (b := r.get("cpu_ms_per_frame", {}).get("broker")) is not None)
+        work = per.get("plain1", {}).get("cpu_ms_per_frame", {}).get("main")
+        if brokers and work:
+            broker = brokers[len(brokers) // 2]
+            out[level] = {"frames_per_s": round(cores * 1e3 / (work + broker), 1),
+                          "work_ms": work, "broker_ms": broker}
+    return out
+
+
 def failure(r):
     if r.get("error"):
         return r["error"]
@@ -797,6 +822,17 @@ def markdown(result):
     if load:  # a machine near saturation queues every stage: latency then says little
         lines += ["", "The machine's CPU while the latency runs' paced frames went in (all "
                   "processes: variant, producer, observer, broker): " + "; ".join(load) + "."]
+    for level, c in result.get("ceilings", {}).items():
+        per = result["variants"][level]
+        shares = ", ".join(f"{label} {r['frames_per_s'] / c['frames_per_s']:.0%}"
+                           for label, r in per.items() if r.get("frames_per_s")
+                           and "broker" in r.get("cpu_ms_per_frame", {}))
+        quix = per.get("quix", {}).get("frames_per_s")
+        lines += ["", f"The ceiling for {level} work: {result['machine']['cores']} cores / "
+                  f"({c['work_ms']} ms of work + {c['broker_ms']} ms of broker CPU a frame) = "
+                  f"{c['frames_per_s']} frames/s"
+                  + (f" = {c['frames_per_s'] / quix:.2f}x Quix" if quix else "")
+                  + f"; of it: {shares}."]
     lines += ["", "Frames/s from start: from the client's or daemon's start to the last "
               "commit. Quix, txloop and streamz run inside this process, whose imports are "
               "done; in brackets, as from a fresh process (plus the median time a fresh "
@@ -916,7 +952,8 @@ def main(argv=None):
               "work": LEVELS, "machine": machine(),
               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "broker_rss_mib_at_end": round(broker_rss / 2**20),
-              "variants": results, "run_s": round(time.perf_counter() - t_run, 1)}
+              "variants": results, "ceilings": ceilings(results, os.cpu_count()),
+              "run_s": round(time.perf_counter() - t_run, 1)}
     out = args.out or RESULTS / ("peers_quick.json" if args.quick else "peers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
