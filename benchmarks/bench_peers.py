@@ -412,7 +412,9 @@ def run_streamimg(ctx, name, level, topic, monitor, config):
            "--create-topics"]
     env = {**START_ENV, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
     for k, v in config.items():
-        if k.isupper():  # an environment variable: Dask configuration, another checkout
+        if k == "PYTHONPATH":  # another checkout; the daemon runs in a temporary directory
+            env[k] = os.pathsep.join(str(Path(d).resolve()) for d in str(v).split(os.pathsep))
+        elif k.isupper():  # an environment variable: Dask configuration
             env[k] = str(v)
         elif k not in BATCHING:  # anything else is a `streamimg run` option
             cmd += [f"--{k.replace('_', '-')}", *([] if v is True else [str(v)])]
